@@ -1,0 +1,150 @@
+//! Parsing of setting values shared by every binary, so that `300s` or `512MiB` mean the
+//! same thing in every environment variable and flag.
+//!
+//! Errors state the accepted form; the caller (clap, via `value_parser`) adds the name of
+//! the variable or flag.
+
+use std::time::Duration;
+
+/// Accepted forms of a duration, quoted in error messages.
+pub const DURATION_FORM: &str =
+    "a whole number with a unit: ms, s, m, h or d (e.g. 500ms, 300s, 5m, 24h, 7d), or 0";
+
+/// Accepted forms of a byte size, quoted in error messages.
+pub const BYTES_FORM: &str =
+    "a whole number of bytes, optionally with a unit: KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)";
+
+/// Parses `500ms`, `300s`, `5m`, `24h`, `7d`, or `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (number, unit) = split_number(text);
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a duration: expected {DURATION_FORM}"
+            ))
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(millis_per_unit))
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is not a duration: expected {DURATION_FORM}"))
+}
+
+/// Parses `1073741824`, `512MiB`, `10GB`, `0`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = split_number(text);
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a byte size: expected {BYTES_FORM}"
+            ))
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("`{text}` is not a byte size: expected {BYTES_FORM}"))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it back, in the largest exact unit.
+pub fn format_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    if ms == 0 {
+        return "0".into();
+    }
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+fn split_number(text: &str) -> (&str, &str) {
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    (&text[..end], text[end..].trim_start())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300s"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "300",
+            "5 minutes",
+            "-1s",
+            "1.5h",
+            "s",
+            "99999999999999999999d",
+        ] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(
+                err.contains("expected a whole number with a unit"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("10GB"), Ok(10_000_000_000));
+        assert_eq!(parse_bytes("64 kib"), Ok(64 << 10));
+        for bad in ["", "-1", "1.5GB", "12 parsecs", "99999999999999TiB"] {
+            let err = parse_bytes(bad).unwrap_err();
+            assert!(
+                err.contains("expected a whole number of bytes"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn formatted_durations_parse_back() {
+        for d in ["0", "500ms", "90s", "5m", "24h", "7d", "1500ms"] {
+            let parsed = parse_duration(d).unwrap();
+            assert_eq!(parse_duration(&format_duration(parsed)), Ok(parsed));
+        }
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+    }
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Store benchmark beside RocksDB's own db_bench, in one run on one machine.
+#
+#   scripts/bench-store.sh            # 1M- and 10M-key stores
+#   DEDUP_BENCH_SIZES=1000000 scripts/bench-store.sh
+#
+# Runs `cargo bench -p dedup-core --bench check_and_insert` (a read and a write per event
+# through PartitionStore::check_and_insert, batches of 1,000, same settings as production)
+# and `db_bench fillrandom` (a write per op) with the same key/value sizes, count, WAL,
+# bloom and cache settings; prints a Markdown table with the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kafka-deduplicator-target}"
+sizes="${DEDUP_BENCH_SIZES:-1000000,10000000}"
+wal="${DEDUP_BENCH_WAL:-0}"
+
+if ! command -v db_bench >/dev/null; then
+  echo "db_bench not found: apt-get install rocksdb-tools" >&2
+  exit 1
+fi
+
+dbdir=$(mktemp -d)
+trap 'rm -rf "$dbdir"' EXIT
+declare -A fill
+for n in ${sizes//,/ }; do
+  for batch in 1 1000; do
+    out=$(db_bench --benchmarks=fillrandom --db="$dbdir/db" --num="$n" --key_size=24 \
+      --value_size=8 --compression_type=none --disable_wal=$([ "$wal" = 1 ] && echo 0 || echo 1) \
+      --bloom_bits=10 --cache_size=134217728 --write_buffer_size=16777216 \
+      --max_write_buffer_number=3 --batch_size="$batch" --threads=1 --seed=42 2>&1)
+    ops=$(printf '%s\n' "$out" | awk '/^fillrandom/ {for (i=1;i<=NF;i++) if ($(i+1)=="ops/sec") print $i}')
+    fill["$n/$batch"]=${ops%.*}
+    rm -rf "$dbdir/db"
+  done
+done
+
+DEDUP_BENCH_SIZES="$sizes" DEDUP_BENCH_WAL="$wal" \
+  cargo bench -p dedup-core --bench check_and_insert -- --noplot >&2
+
+group=store; [ "$wal" = 1 ] && group=store_wal
+python3 - "$CARGO_TARGET_DIR/criterion" "$group" "$sizes" \
+  "$(for k in "${!fill[@]}"; do printf '%s=%s ' "$k" "${fill[$k]}"; done)" <<'PY'
+import json, sys, pathlib
+root, group, sizes, fills = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+fill = dict(kv.split("=") for kv in fills.split())
+def rate(*parts):
+    est = json.loads((root.joinpath(*parts, "new", "estimates.json")).read_text())
+    return 1000 / (est["mean"]["point_estimate"] * 1e-9)   # 1,000 events per iteration
+print(f"| store | duplicates | check_and_insert events/s | db_bench fillrandom ops/s (batch 1 / 1000) | ratio to batch 1 | ratio to batch 1000 | HashSet events/s | ratio to HashSet |")
+print("|---|---|---|---|---|---|---|---|")
+for n in sizes.split(","):
+    label = f"{int(n)//1_000_000}M_keys"
+    for dup in (0, 10, 50):
+        ours = rate(group, label, f"dup{dup}")
+        hs = rate("hashset", "1M_keys", f"dup{dup}")
+        f1, f1000 = float(fill[f"{n}/1"]), float(fill[f"{n}/1000"])
+        print(f"| {int(n):,} keys | {dup} % | {ours:,.0f} | {f1:,.0f} / {f1000:,.0f} | {ours/f1:.2f}× | {ours/f1000:.2f}× | {hs:,.0f} | {ours/hs:.3f}× |")
+PY
