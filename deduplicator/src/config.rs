@@ -1,0 +1,231 @@
+//! The deduplicator's settings. Each is an environment variable and a flag of the same
+//! name; the seed's variables keep their names and defaults. A bad value stops start-up
+//! with clap's message, which names the variable and the accepted form.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use dedup_core::config::{parse_bytes, parse_duration};
+use dedup_core::http::parse_bind_address;
+use dedup_core::store::{StoreResources, StoreSettings};
+use dedup_core::telemetry::LogFormat;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "deduplicator", version, about)]
+pub struct Config {
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_HOSTS", default_value = "localhost:9092")]
+    pub kafka_hosts: String,
+
+    /// Consumer group id.
+    #[arg(
+        long,
+        env = "KAFKA_CONSUMER_GROUP",
+        default_value = "kafka-deduplicator"
+    )]
+    pub kafka_consumer_group: String,
+
+    /// Topic to deduplicate.
+    #[arg(long, env = "KAFKA_CONSUMER_TOPIC", default_value = "events")]
+    pub kafka_consumer_topic: String,
+
+    /// Topic unique events are published to. Unset: deduplicate and count only.
+    #[arg(long, env = "OUTPUT_TOPIC")]
+    pub output_topic: Option<String>,
+
+    /// Topic malformed messages (and messages that could not be published) are routed
+    /// to. Unset: malformed messages pass through to the output topic undeduplicated.
+    #[arg(long, env = "DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+
+    /// Messages received but not yet final (published and acknowledged, or known
+    /// duplicate), across all partitions. Bounds memory and the redeliveries after a crash.
+    #[arg(long, env = "MAX_IN_FLIGHT_MESSAGES", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight_messages: u32,
+
+    /// Most messages looked up and written to a partition store at once.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+
+    /// Base path of the per-partition RocksDB stores (`{STORE_PATH}/{topic}_{partition}`).
+    #[arg(long, env = "STORE_PATH", default_value = "/tmp/deduplication-store")]
+    pub store_path: PathBuf,
+
+    /// Most bytes a partition store may hold; the oldest keys are evicted beyond it.
+    /// 0 = unlimited. Plain bytes or with a unit (512MiB, 10GB).
+    #[arg(long, env = "MAX_STORE_CAPACITY", default_value = "0", value_parser = parse_bytes)]
+    pub max_store_capacity: u64,
+
+    /// Keys older than this by event time are forgotten (ms, s, m, h, d; 0 = never).
+    #[arg(long, env = "DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub dedup_window: Duration,
+
+    /// How often retention (window and capacity) is enforced on each partition store.
+    #[arg(long, env = "RETENTION_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Write RocksDB's write-ahead log. Off is safe (catch-up replay rebuilds what a
+    /// crash loses) and faster.
+    #[arg(long, env = "STORE_WAL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub store_wal: bool,
+
+    /// Block cache shared by all partition stores (bytes or with a unit).
+    #[arg(long, env = "STORE_BLOCK_CACHE_BYTES", default_value = "128MiB", value_parser = parse_bytes)]
+    pub store_block_cache_bytes: u64,
+
+    /// Memtable budget shared by all partition stores (bytes or with a unit).
+    #[arg(long, env = "STORE_WRITE_BUFFER_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub store_write_buffer_bytes: u64,
+
+    /// This pod's name: the consumer's `group.instance.id` (static membership), so a
+    /// restarted pod gets its partitions back without a group-wide rebalance.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Address of the HTTP port serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0:8080", value_parser = parse_bind_address)]
+    pub http_bind: SocketAddr,
+
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Extra librdkafka properties for consumer and producer: `key=value` pairs
+    /// separated by commas or newlines (e.g. `security.protocol=SASL_SSL`).
+    #[arg(long, env = "KAFKA_PROPERTIES", default_value = "", value_parser = parse_properties)]
+    pub kafka_properties: Properties,
+
+    /// Extra librdkafka properties for the consumer only (same form).
+    #[arg(long, env = "KAFKA_CONSUMER_PROPERTIES", default_value = "", value_parser = parse_properties)]
+    pub kafka_consumer_properties: Properties,
+
+    /// Extra librdkafka properties for the producer only (same form).
+    #[arg(long, env = "KAFKA_PRODUCER_PROPERTIES", default_value = "", value_parser = parse_properties)]
+    pub kafka_producer_properties: Properties,
+
+    /// Longest wait, on revocation, for a partition's in-flight messages to finish.
+    #[arg(long, env = "REBALANCE_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub rebalance_drain_timeout: Duration,
+
+    /// Longest shutdown after SIGTERM (drain, commit, close). Keep it below the pod's
+    /// termination grace period.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Attempts to publish a message before it is dead-lettered (when a dead-letter topic
+    /// is set; without one, publishing is retried until it succeeds).
+    #[arg(long, env = "PUBLISH_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub publish_max_attempts: u32,
+}
+
+/// librdkafka properties given as text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties(pub Vec<(String, String)>);
+
+pub fn parse_properties(text: &str) -> Result<Properties, String> {
+    let mut pairs = Vec::new();
+    for item in text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        match item.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                pairs.push((key.trim().to_string(), value.trim().to_string()))
+            }
+            _ => {
+                return Err(format!(
+                    "`{item}` is not a property: expected key=value pairs separated by commas or newlines, e.g. security.protocol=SSL,client.rack=eu-west-1a"
+                ))
+            }
+        }
+    }
+    Ok(Properties(pairs))
+}
+
+impl Config {
+    pub fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            dedup_window: self.dedup_window,
+            max_capacity_bytes: self.max_store_capacity,
+            wal: self.store_wal,
+        }
+    }
+
+    pub fn store_resources(&self) -> StoreResources {
+        StoreResources::new(self.store_block_cache_bytes, self.store_write_buffer_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("deduplicator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.kafka_hosts, "localhost:9092");
+        assert_eq!(config.kafka_consumer_group, "kafka-deduplicator");
+        assert_eq!(config.kafka_consumer_topic, "events");
+        assert_eq!(config.output_topic, None);
+        assert_eq!(config.max_in_flight_messages, 1000);
+        assert_eq!(config.store_path, PathBuf::from("/tmp/deduplication-store"));
+        assert_eq!(config.max_store_capacity, 0);
+        assert_eq!(config.dedup_window, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_form() {
+        for (args, variable, form) in [
+            (
+                &["--max-store-capacity", "lots"][..],
+                "MAX_STORE_CAPACITY",
+                "whole number of bytes",
+            ),
+            (
+                &["--dedup-window", "1 week"][..],
+                "DEDUP_WINDOW",
+                "with a unit",
+            ),
+            (
+                &["--max-in-flight-messages", "0"][..],
+                "MAX_IN_FLIGHT_MESSAGES",
+                "1..",
+            ),
+            (&["--http-bind", "nowhere"][..], "HTTP_BIND", "IP:PORT"),
+            (&["--log-format", "xml"][..], "LOG_FORMAT", "text or json"),
+            (
+                &["--kafka-properties", "acks"][..],
+                "KAFKA_PROPERTIES",
+                "key=value",
+            ),
+            (&["--store-wal", "maybe"][..], "STORE_WAL", "true"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(variable), "{args:?}: {err}");
+            assert!(err.contains(form), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn properties_parse() {
+        assert_eq!(
+            parse_properties("a=1, b.c = x=y\nd=").unwrap(),
+            Properties(vec![
+                ("a".into(), "1".into()),
+                ("b.c".into(), "x=y".into()),
+                ("d".into(), "".into())
+            ])
+        );
+        assert_eq!(parse_properties("").unwrap(), Properties::default());
+    }
+}

@@ -1,0 +1,21 @@
+//! The deduplicator: a stateful, partition-aware Kafka consumer that publishes each
+//! event once, keeping per-partition state in RocksDB ([`dedup_core::store`]).
+//!
+//! - [`stateful_consumer`]: `StatefulKafkaConsumer`, the main loop and shutdown.
+//! - [`rebalance_handler`]: `RebalanceHandler`, partition assignment and revocation.
+//! - [`partition_worker`]: the task that owns one partition.
+//! - [`message_tracker`]: `MessageTracker`, ackable messages and in-order commits.
+//! - [`publisher`]: output and dead-letter producer.
+//! - [`config`], [`metrics`], [`pipeline`]: settings, Prometheus metrics, shared state.
+
+pub mod config;
+pub mod message_tracker;
+pub mod metrics;
+pub mod partition_worker;
+pub mod pipeline;
+pub mod publisher;
+pub mod rebalance_handler;
+pub mod stateful_consumer;
+
+pub use config::Config;
+pub use stateful_consumer::{run, RunError, StatefulKafkaConsumer};

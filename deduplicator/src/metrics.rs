@@ -1,0 +1,183 @@
+//! The deduplicator's Prometheus metrics, registered once and shared by every task.
+//! Names are prefixed `dedup_`; label values are fixed small sets (plus the partition).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// unique, duplicate, redelivery
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MalformedLabels {
+    /// The parse error kind (not_json, missing_field, …).
+    pub reason: &'static str,
+    /// dead_letter or pass_through
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+pub struct Metrics {
+    pub messages_in: Counter,
+    pub events: Family<OutcomeLabels, Counter>,
+    pub malformed: Family<MalformedLabels, Counter>,
+    pub published: Counter,
+    pub dead_lettered: Counter,
+    pub catch_up_messages: Counter,
+    pub publish_retries: Counter,
+    pub processing_latency: Histogram,
+    pub in_flight: Gauge,
+    pub unacked_dropped: Counter,
+    pub abandoned_on_revoke: Counter,
+    pub store_size_bytes: Family<PartitionLabels, Gauge>,
+    pub store_errors: Counter,
+    pub evicted_keys: Family<KindLabels, Counter>,
+    pub rebalances: Family<KindLabels, Counter>,
+    pub assigned_partitions: Gauge,
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+    pub kafka_errors: Counter,
+    pub committed_offset: Family<PartitionLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            messages_in: Counter::default(),
+            events: Family::default(),
+            malformed: Family::default(),
+            published: Counter::default(),
+            dead_lettered: Counter::default(),
+            catch_up_messages: Counter::default(),
+            publish_retries: Counter::default(),
+            // 100 µs … ~13 s
+            processing_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            in_flight: Gauge::default(),
+            unacked_dropped: Counter::default(),
+            abandoned_on_revoke: Counter::default(),
+            store_size_bytes: Family::default(),
+            store_errors: Counter::default(),
+            evicted_keys: Family::default(),
+            rebalances: Family::default(),
+            assigned_partitions: Gauge::default(),
+            consumer_lag: Family::default(),
+            kafka_errors: Counter::default(),
+            committed_offset: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("dedup");
+        r.register(
+            "messages_in",
+            "Messages consumed from the input topic",
+            metrics.messages_in.clone(),
+        );
+        r.register(
+            "events",
+            "Well-formed events by deduplication outcome",
+            metrics.events.clone(),
+        );
+        r.register(
+            "malformed",
+            "Messages without a deduplication key, by reason and action",
+            metrics.malformed.clone(),
+        );
+        r.register(
+            "published",
+            "Messages published to the output topic and acknowledged by Kafka",
+            metrics.published.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Messages published to the dead-letter topic",
+            metrics.dead_lettered.clone(),
+        );
+        r.register(
+            "catch_up_messages",
+            "Messages replayed into a store without publishing (catch-up)",
+            metrics.catch_up_messages.clone(),
+        );
+        r.register(
+            "publish_retries",
+            "Failed publish attempts that were retried",
+            metrics.publish_retries.clone(),
+        );
+        r.register(
+            "processing_latency_seconds",
+            "Time from receipt of a message to its final outcome",
+            metrics.processing_latency.clone(),
+        );
+        r.register(
+            "in_flight_messages",
+            "Messages received whose outcome is not yet final",
+            metrics.in_flight.clone(),
+        );
+        r.register(
+            "unacked_dropped",
+            "Messages dropped without ack or nack (a bug: their offsets are never committed)",
+            metrics.unacked_dropped.clone(),
+        );
+        r.register(
+            "abandoned_on_revoke",
+            "In-flight messages given up when a drain timed out (redelivered to the next owner)",
+            metrics.abandoned_on_revoke.clone(),
+        );
+        r.register(
+            "store_size_bytes",
+            "Live SST bytes of each partition store",
+            metrics.store_size_bytes.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Failed store operations (retried)",
+            metrics.store_errors.clone(),
+        );
+        r.register(
+            "evicted_keys",
+            "Keys evicted from partition stores, by kind (window, capacity)",
+            metrics.evicted_keys.clone(),
+        );
+        r.register(
+            "rebalances",
+            "Rebalance events, by kind (assign, revoke, error)",
+            metrics.rebalances.clone(),
+        );
+        r.register(
+            "assigned_partitions",
+            "Partitions currently owned by this consumer",
+            metrics.assigned_partitions.clone(),
+        );
+        r.register(
+            "consumer_lag",
+            "Messages between the committed offset and the end of each partition",
+            metrics.consumer_lag.clone(),
+        );
+        r.register(
+            "kafka_errors",
+            "Errors reported by the Kafka client",
+            metrics.kafka_errors.clone(),
+        );
+        r.register(
+            "committed_offset",
+            "Next offset stored for commit, per partition",
+            metrics.committed_offset.clone(),
+        );
+        metrics
+    }
+
+    pub fn event(&self, outcome: &'static str) {
+        self.events.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+}

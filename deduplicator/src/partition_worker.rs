@@ -1,0 +1,299 @@
+//! The task that owns one assigned partition: reads the partition's own queue, batches
+//! messages, asks the partition store which are new, publishes them, and stores the
+//! offset for commit once every earlier message of the partition is final.
+//!
+//! One task per partition, so a slow partition does not hold up the others; output
+//! order within a partition follows input order because messages are enqueued to the
+//! producer in consumption order. Deliveries complete concurrently with consumption,
+//! bounded by `MAX_IN_FLIGHT_MESSAGES`.
+//!
+//! Messages below `catch_up_until` (the group's committed offset when the store was
+//! behind it) are replayed into the store without being published: they were published
+//! before, and the store must learn their keys.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dedup_core::event;
+use dedup_core::store::{Outcome, PartitionStore};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use crate::message_tracker::{AckableMessage, PartitionTracker, Reservation};
+use crate::metrics::{MalformedLabels, PartitionLabels};
+use crate::pipeline::Pipeline;
+use crate::publisher::Target;
+use crate::rebalance_handler::{DedupConsumer, PartitionQueue};
+
+type Delivery = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How a worker ended: the next offset to commit, if it moved.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerExit {
+    pub committable: Option<i64>,
+}
+
+pub struct PartitionWorker {
+    pub topic: String,
+    pub partition: i32,
+    pub queue: PartitionQueue,
+    pub store: Arc<PartitionStore>,
+    pub tracker: Arc<PartitionTracker>,
+    pub pipeline: Arc<Pipeline>,
+    pub consumer: Arc<DedupConsumer>,
+    pub catch_up_until: Option<i64>,
+    pub fence: watch::Receiver<bool>,
+}
+
+impl PartitionWorker {
+    /// Runs until fenced. `stray` carries messages of this partition that arrived on the
+    /// consumer's main queue.
+    pub async fn run(self, mut stray: mpsc::UnboundedReceiver<OwnedMessage>) -> WorkerExit {
+        let mut fence = self.fence.clone();
+        let mut deliveries: FuturesUnordered<Delivery> = FuturesUnordered::new();
+        let mut stored: Option<i64> = None;
+        let batch_size = self.pipeline.config.batch_size as usize;
+        loop {
+            tokio::select! {
+                biased;
+                _ = fenced(&mut fence) => break,
+                Some(()) = deliveries.next(), if !deliveries.is_empty() => {}
+                Some(message) = stray.recv() => {
+                    let reservation = self.pipeline.tracker.reserve().await;
+                    self.process(vec![(reservation, message)], &mut deliveries).await;
+                }
+                (reservation, first) = receive(&self.pipeline, &self.queue) => {
+                    let mut batch = Vec::with_capacity(batch_size);
+                    if let Some(message) = self.detach(first) {
+                        batch.push((reservation, message));
+                    }
+                    while batch.len() < batch_size {
+                        let Some(reservation) = self.pipeline.tracker.try_reserve() else { break };
+                        let Some(next) = self.queue.recv().now_or_never() else { break };
+                        if let Some(message) = self.detach(next) {
+                            batch.push((reservation, message));
+                        }
+                    }
+                    if !batch.is_empty() {
+                        self.process(batch, &mut deliveries).await;
+                    }
+                }
+            }
+            self.store_committable(&mut stored);
+        }
+
+        // Fenced: take nothing new, let in-flight deliveries finish within the bound.
+        let drain = tokio::time::sleep(self.pipeline.config.rebalance_drain_timeout);
+        tokio::pin!(drain);
+        while !deliveries.is_empty() {
+            tokio::select! {
+                _ = deliveries.next() => self.store_committable(&mut stored),
+                _ = &mut drain => {
+                    tracing::warn!(partition = self.partition, abandoned = deliveries.len(),
+                        "drain timed out; in-flight messages will be redelivered to the next owner");
+                    break;
+                }
+            }
+        }
+        drop(deliveries);
+        self.store_committable(&mut stored);
+        WorkerExit {
+            committable: self.tracker.committable(),
+        }
+    }
+
+    fn detach(
+        &self,
+        received: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+    ) -> Option<OwnedMessage> {
+        match received {
+            Ok(message) => Some(message.detach()),
+            Err(error) => {
+                self.pipeline.metrics.kafka_errors.inc();
+                tracing::warn!(partition = self.partition, %error, "error on the partition queue");
+                None
+            }
+        }
+    }
+
+    async fn process(
+        &self,
+        batch: Vec<(Reservation, OwnedMessage)>,
+        deliveries: &mut FuturesUnordered<Delivery>,
+    ) {
+        let metrics = &self.pipeline.metrics;
+        metrics.messages_in.inc_by(batch.len() as u64);
+        let Some(last_offset) = batch.last().map(|(_, m)| m.offset()) else {
+            return;
+        };
+        let messages: Vec<(AckableMessage, OwnedMessage)> = batch
+            .into_iter()
+            .map(|(reservation, message)| {
+                (self.tracker.track(message.offset(), reservation), message)
+            })
+            .collect();
+        let parsed: Vec<_> = messages
+            .iter()
+            .map(|(_, message)| event::stored_key(message.payload()))
+            .collect();
+        let keyed: Vec<_> = parsed
+            .iter()
+            .zip(&messages)
+            .filter_map(|(key, (_, message))| key.as_ref().ok().map(|k| (*k, message.offset())))
+            .collect();
+        let Some(outcomes) = self.check_and_insert(&keyed, last_offset + 1).await else {
+            return; // fenced while the store was failing: the messages are abandoned
+        };
+
+        let publisher = &self.pipeline.publisher;
+        let mut outcomes = outcomes.into_iter();
+        for ((ackable, message), key) in messages.into_iter().zip(parsed) {
+            let target = match key {
+                Ok(_) => match outcomes.next() {
+                    Some(Outcome::Unique) => {
+                        metrics.event("unique");
+                        Some(Target::Output)
+                    }
+                    Some(Outcome::Redelivery) => {
+                        metrics.event("redelivery");
+                        Some(Target::Output)
+                    }
+                    Some(Outcome::Duplicate { .. }) | None => {
+                        metrics.event("duplicate");
+                        None
+                    }
+                },
+                Err(error) => {
+                    let reason = error.kind();
+                    let action = if publisher.has_dead_letter() {
+                        "dead_letter"
+                    } else {
+                        "pass_through"
+                    };
+                    metrics
+                        .malformed
+                        .get_or_create(&MalformedLabels { reason, action })
+                        .inc();
+                    tracing::debug!(partition = self.partition, offset = message.offset(), %error, action, "malformed message");
+                    Some(if publisher.has_dead_letter() {
+                        Target::DeadLetter { reason }
+                    } else {
+                        Target::Output
+                    })
+                }
+            };
+            if self
+                .catch_up_until
+                .is_some_and(|until| message.offset() < until)
+            {
+                metrics.catch_up_messages.inc();
+                ackable.ack();
+                continue;
+            }
+            let Some(target) = target else {
+                ackable.ack();
+                continue;
+            };
+            match publisher.enqueue(&message, target).await {
+                None => ackable.ack(), // no output topic: deduplicate and count only
+                Some(first) => {
+                    let publisher = Arc::clone(publisher);
+                    deliveries.push(Box::pin(async move {
+                        match publisher.deliver(&message, target, first).await {
+                            crate::publisher::Delivered::Output => ackable.ack(),
+                            crate::publisher::Delivered::DeadLetter => ackable.nack(),
+                        }
+                    }));
+                }
+            }
+        }
+    }
+
+    /// The store call, retried with backoff while it fails (a full disk, say): nothing
+    /// is published or committed meanwhile. `None` if the partition is fenced first.
+    async fn check_and_insert(
+        &self,
+        keyed: &[(dedup_core::StoredKey, i64)],
+        next: i64,
+    ) -> Option<Vec<Outcome>> {
+        let mut failures = 0u32;
+        loop {
+            match self.store.check_and_insert(keyed, next) {
+                Ok(outcomes) => {
+                    if failures > 0 {
+                        tracing::info!(partition = self.partition, "partition store recovered");
+                        self.pipeline.store_recovered(self.partition);
+                    }
+                    return Some(outcomes);
+                }
+                Err(error) => {
+                    failures += 1;
+                    self.pipeline.metrics.store_errors.inc();
+                    tracing::error!(partition = self.partition, %error, failures, "partition store write failed; retrying");
+                    self.pipeline.store_failed(self.partition, &error);
+                    let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
+                    let mut fence = self.fence.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = fenced(&mut fence) => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    fn store_committable(&self, stored: &mut Option<i64>) {
+        let Some(next) = self.tracker.committable() else {
+            return;
+        };
+        if *stored == Some(next) {
+            return;
+        }
+        let mut offsets = TopicPartitionList::new();
+        if let Err(error) =
+            offsets.add_partition_offset(&self.topic, self.partition, Offset::Offset(next))
+        {
+            tracing::warn!(partition = self.partition, %error, "could not build the offset list");
+            return;
+        }
+        match self.consumer.store_offsets(&offsets) {
+            Ok(()) => {
+                *stored = Some(next);
+                self.pipeline
+                    .metrics
+                    .committed_offset
+                    .get_or_create(&PartitionLabels {
+                        partition: self.partition,
+                    })
+                    .set(next);
+            }
+            Err(error) => {
+                tracing::warn!(partition = self.partition, %error, "storing the offset failed")
+            }
+        }
+    }
+}
+
+/// Completes once the partition is fenced (or its handle is gone).
+async fn fenced(fence: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here, not in the caller.
+    let _ = fence.wait_for(|fenced| *fenced).await;
+}
+
+/// Room for one more message, then the next message of the partition.
+async fn receive<'q>(
+    pipeline: &Pipeline,
+    queue: &'q PartitionQueue,
+) -> (
+    Reservation,
+    Result<rdkafka::message::BorrowedMessage<'q>, rdkafka::error::KafkaError>,
+) {
+    let reservation = pipeline.tracker.reserve().await;
+    (reservation, queue.recv().await)
+}

@@ -1,0 +1,69 @@
+//! What every part of the running deduplicator shares: settings, metrics, the in-flight
+//! tracker, the publisher, the store memory, and the process health.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use dedup_core::http::Health;
+use dedup_core::store::{StoreError, StoreResources};
+
+use crate::config::Config;
+use crate::message_tracker::MessageTracker;
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+
+pub struct Pipeline {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub tracker: MessageTracker,
+    pub publisher: Arc<Publisher>,
+    pub resources: StoreResources,
+    pub health: Health,
+    /// Partitions whose store cannot be opened or written; the process is not healthy
+    /// while any is listed.
+    failing: Mutex<BTreeSet<i32>>,
+}
+
+impl Pipeline {
+    pub fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        publisher: Publisher,
+        health: Health,
+    ) -> Self {
+        Self {
+            tracker: MessageTracker::new(
+                config.max_in_flight_messages as usize,
+                Arc::clone(&metrics),
+            ),
+            resources: config.store_resources(),
+            publisher: Arc::new(publisher),
+            config,
+            metrics,
+            health,
+            failing: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// A partition store failed: the process reports unhealthy (liveness and readiness)
+    /// with the reason until every failing store recovers.
+    pub fn store_failed(&self, partition: i32, error: &StoreError) {
+        self.failing_set().insert(partition);
+        self.health
+            .set_not_live(format!("partition {partition} store failing: {error}"));
+    }
+
+    pub fn store_recovered(&self, partition: i32) {
+        let mut failing = self.failing_set();
+        failing.remove(&partition);
+        if failing.is_empty() {
+            self.health.set_live();
+        }
+    }
+
+    fn failing_set(&self) -> std::sync::MutexGuard<'_, BTreeSet<i32>> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

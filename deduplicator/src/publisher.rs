@@ -1,0 +1,252 @@
+//! Publishing to the output and dead-letter topics: an idempotent producer that keeps a
+//! message's key, headers, timestamp and payload bytes unchanged.
+//!
+//! Messages are enqueued in consumption order (librdkafka keeps that order per output
+//! partition, retries included, with idempotence); their delivery is awaited separately,
+//! so a partition keeps consuming while earlier messages are being acknowledged.
+//! A delivery that fails after librdkafka's own retries is retried here with backoff;
+//! after `PUBLISH_MAX_ATTEMPTS` it goes to the dead-letter topic if there is one,
+//! otherwise it is retried until it succeeds: a unique event is never given up.
+
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Timestamp};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use std::sync::Arc;
+
+/// Where a message is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Output,
+    /// The dead-letter topic, with the reason recorded in the message headers.
+    DeadLetter {
+        reason: &'static str,
+    },
+}
+
+/// How a message's publication ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    Output,
+    DeadLetter,
+}
+
+pub struct Publisher {
+    producer: FutureProducer,
+    output_topic: Option<String>,
+    dead_letter_topic: Option<String>,
+    max_attempts: u32,
+    metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, KafkaError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.kafka_hosts)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("client.id", client_id(config, "producer"));
+        for (key, value) in config
+            .kafka_properties
+            .0
+            .iter()
+            .chain(&config.kafka_producer_properties.0)
+        {
+            client.set(key, value);
+        }
+        Ok(Self {
+            producer: client.create()?,
+            output_topic: config.output_topic.clone(),
+            dead_letter_topic: config.dead_letter_topic.clone(),
+            max_attempts: config.publish_max_attempts,
+            metrics,
+        })
+    }
+
+    pub fn has_output(&self) -> bool {
+        self.output_topic.is_some()
+    }
+
+    pub fn has_dead_letter(&self) -> bool {
+        self.dead_letter_topic.is_some()
+    }
+
+    /// Enqueues `message` for `target`; waits only while librdkafka's queue is full.
+    /// `None` when the target topic is not configured.
+    pub async fn enqueue(
+        &self,
+        message: &OwnedMessage,
+        target: Target,
+    ) -> Option<Result<DeliveryFuture, KafkaError>> {
+        let topic = match target {
+            Target::Output => self.output_topic.as_deref()?,
+            Target::DeadLetter { .. } => self.dead_letter_topic.as_deref()?,
+        };
+        let headers = headers_for(message, target);
+        let mut record = FutureRecord::to(topic).headers(headers);
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Timestamp::CreateTime(ts) | Timestamp::LogAppendTime(ts) = message.timestamp() {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Some(Ok(delivery)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((err, _)) => return Some(Err(err)),
+            }
+        }
+    }
+
+    /// Waits for `first` (an enqueue for `target`) to be acknowledged, retrying as the
+    /// module documentation says. Returns where the message ended up.
+    pub async fn deliver(
+        &self,
+        message: &OwnedMessage,
+        target: Target,
+        first: Result<DeliveryFuture, KafkaError>,
+    ) -> Delivered {
+        let mut target = target;
+        let mut attempt = first;
+        let mut failures = 0u32;
+        loop {
+            let error = match attempt {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => {
+                        return match target {
+                            Target::Output => {
+                                self.metrics.published.inc();
+                                Delivered::Output
+                            }
+                            Target::DeadLetter { .. } => {
+                                self.metrics.dead_lettered.inc();
+                                Delivered::DeadLetter
+                            }
+                        };
+                    }
+                    Ok(Err((err, _))) => err,
+                    Err(_canceled) => KafkaError::Canceled,
+                },
+                Err(err) => err,
+            };
+            failures += 1;
+            self.metrics.publish_retries.inc();
+            if target == Target::Output
+                && failures >= self.max_attempts
+                && self.dead_letter_topic.is_some()
+            {
+                tracing::error!(partition = message.partition(), offset = message.offset(), %error,
+                    attempts = failures, "publishing failed; routing the message to the dead-letter topic");
+                target = Target::DeadLetter {
+                    reason: "publish_failed",
+                };
+                failures = 0;
+            } else {
+                tracing::warn!(partition = message.partition(), offset = message.offset(), %error,
+                    attempts = failures, "publishing failed; retrying");
+                tokio::time::sleep(backoff(failures)).await;
+            }
+            attempt = match self.enqueue(message, target).await {
+                Some(result) => result,
+                // The topic was configured when the message was first enqueued.
+                None => Err(KafkaError::Canceled),
+            };
+        }
+    }
+
+    /// Waits until everything enqueued is acknowledged, up to `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        use rdkafka::producer::Producer;
+        self.producer.flush(timeout)
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(8))).min(Duration::from_secs(10))
+}
+
+/// The original headers, plus the reason and source for a dead-lettered message.
+fn headers_for(message: &OwnedMessage, target: Target) -> OwnedHeaders {
+    let mut headers = message.headers().cloned().unwrap_or_else(OwnedHeaders::new);
+    if let Target::DeadLetter { reason } = target {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        for (key, value) in [
+            ("dedup-error", reason),
+            ("dedup-source-topic", message.topic()),
+            ("dedup-source-partition", partition.as_str()),
+            ("dedup-source-offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+    }
+    headers
+}
+
+pub fn client_id(config: &Config, role: &str) -> String {
+    match &config.pod_name {
+        Some(pod) => format!("kafka-deduplicator-{pod}-{role}"),
+        None => format!("kafka-deduplicator-{role}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Headers;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert!(backoff(3) > backoff(2));
+        assert_eq!(backoff(30), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn dead_letter_headers_keep_the_originals_and_name_the_source() {
+        let original = OwnedHeaders::new().insert(Header {
+            key: "trace",
+            value: Some("abc"),
+        });
+        let message = OwnedMessage::new(
+            Some(b"not json".to_vec()),
+            Some(b"k".to_vec()),
+            "events".into(),
+            Timestamp::CreateTime(5),
+            3,
+            42,
+            Some(original),
+        );
+        let headers = headers_for(&message, Target::DeadLetter { reason: "not_json" });
+        let pairs: Vec<(String, String)> = headers
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_string(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(pairs[0], ("trace".into(), "abc".into()));
+        assert!(pairs.contains(&("dedup-error".into(), "not_json".into())));
+        assert!(pairs.contains(&("dedup-source-partition".into(), "3".into())));
+        assert!(pairs.contains(&("dedup-source-offset".into(), "42".into())));
+        assert_eq!(headers_for(&message, Target::Output).count(), 1);
+    }
+}

@@ -1,0 +1,445 @@
+//! Partition assignment and revocation.
+//!
+//! Revocation: fence the partition (its worker takes no new message), let in-flight
+//! messages drain (bounded by `REBALANCE_DRAIN_TIMEOUT`), commit its final offset
+//! synchronously, flush and close its store. Only then is the partition given up, so
+//! the next owner starts exactly where this one stopped.
+//!
+//! Assignment: open the partition's store, compare the offset it is consistent with
+//! against the group's committed offset, and when the store is behind, start consuming
+//! at the store's offset with catch-up up to the committed one (keys learned, nothing
+//! published). The partition's queue is split off before it is assigned, so its messages
+//! go to its own worker task from the first one.
+//!
+//! Restoring a missing or stale store from a remote checkpoint happens in
+//! [`RebalanceHandler::open_store`], before the offsets are compared.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use dedup_core::store::PartitionStore;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::message_tracker::PartitionTracker;
+use crate::metrics::{KindLabels, PartitionLabels};
+use crate::partition_worker::{PartitionWorker, WorkerExit};
+use crate::pipeline::Pipeline;
+
+pub type DedupConsumer = rdkafka::consumer::StreamConsumer<DedupContext>;
+pub type PartitionQueue = StreamPartitionQueue<DedupContext>;
+
+/// How long to wait for the group coordinator's committed offsets on assignment.
+const COMMITTED_OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The consumer's context: routes rebalances to the [`RebalanceHandler`] and client
+/// statistics and errors to metrics.
+pub struct DedupContext {
+    pub handler: Arc<RebalanceHandler>,
+}
+
+impl ClientContext for DedupContext {
+    fn stats(&self, statistics: Statistics) {
+        let metrics = &self.handler.pipeline.metrics;
+        for topic in statistics.topics.values() {
+            for partition in topic.partitions.values() {
+                if partition.partition >= 0 && partition.consumer_lag >= 0 {
+                    metrics
+                        .consumer_lag
+                        .get_or_create(&PartitionLabels {
+                            partition: partition.partition,
+                        })
+                        .set(partition.consumer_lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.handler.pipeline.metrics.kafka_errors.inc();
+        tracing::error!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for DedupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let handler = &self.handler;
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                handler.count("assign");
+                handler.assign(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                handler.count("revoke");
+                let partitions = tpl.elements().iter().map(|e| e.partition()).collect();
+                handler.revoke(consumer, partitions);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                handler.count("error");
+                tracing::error!(error = ?other, "rebalance error; giving up every partition");
+                handler.revoke(consumer, handler.owned());
+                consumer.unassign()
+            }
+        };
+        if let Err(error) = result {
+            handler.pipeline.metrics.kafka_errors.inc();
+            tracing::error!(%error, "applying the rebalance failed");
+        }
+        handler.pipeline.health.set_ready();
+    }
+}
+
+struct PartitionHandle {
+    store: Arc<PartitionStore>,
+    tracker: Arc<PartitionTracker>,
+    fence: watch::Sender<bool>,
+    stray: mpsc::UnboundedSender<OwnedMessage>,
+    task: JoinHandle<WorkerExit>,
+}
+
+pub struct RebalanceHandler {
+    pub pipeline: Arc<Pipeline>,
+    consumer: OnceLock<Weak<DedupConsumer>>,
+    partitions: Mutex<HashMap<i32, PartitionHandle>>,
+    runtime: Handle,
+}
+
+impl RebalanceHandler {
+    pub fn new(pipeline: Arc<Pipeline>, runtime: Handle) -> Self {
+        Self {
+            pipeline,
+            consumer: OnceLock::new(),
+            partitions: Mutex::new(HashMap::new()),
+            runtime,
+        }
+    }
+
+    /// Gives the handler the consumer it serves (it needs it to split partition queues).
+    pub fn attach(&self, consumer: &Arc<DedupConsumer>) {
+        let _ = self.consumer.set(Arc::downgrade(consumer));
+    }
+
+    /// Partitions currently owned.
+    pub fn owned(&self) -> Vec<i32> {
+        self.partitions().keys().copied().collect()
+    }
+
+    /// The stores of owned partitions, for the retention task. Weak: a revocation must be
+    /// able to close a store without waiting for anyone.
+    pub fn stores(&self) -> Vec<(i32, Weak<PartitionStore>)> {
+        self.partitions()
+            .iter()
+            .map(|(p, h)| (*p, Arc::downgrade(&h.store)))
+            .collect()
+    }
+
+    /// Hands a message that arrived on the consumer's main queue to its partition's
+    /// worker. Returns false if the partition is not owned (then it is not committed
+    /// either, and the owner will consume it).
+    pub fn route_stray(&self, message: OwnedMessage) -> bool {
+        match self.partitions().get(&message.partition()) {
+            Some(handle) => handle.stray.send(message).is_ok(),
+            None => false,
+        }
+    }
+
+    fn assign<C: Consumer<DedupContext>>(&self, consumer: &C, tpl: &mut TopicPartitionList) {
+        let topic = self.pipeline.config.kafka_consumer_topic.clone();
+        let committed = match consumer.committed_offsets(tpl.clone(), COMMITTED_OFFSETS_TIMEOUT) {
+            Ok(committed) => Some(committed),
+            Err(error) => {
+                tracing::warn!(%error, "could not read committed offsets; no catch-up replay this time");
+                None
+            }
+        };
+        let Some(stream_consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            tracing::error!("rebalance before the consumer was attached");
+            return;
+        };
+        let assigned: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == topic)
+            .map(|e| e.partition())
+            .collect();
+        for partition in assigned {
+            let committed_offset = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(&topic, partition))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let store = match self.open_store(&topic, partition) {
+                Ok(store) => store,
+                Err(error) => {
+                    // Without a store the partition cannot be deduplicated: do not consume
+                    // it (nothing is committed, nothing lost) and report unhealthy.
+                    self.pipeline.store_failed(partition, &error);
+                    tracing::error!(partition, %error, "cannot open the partition store; not consuming it");
+                    continue;
+                }
+            };
+            let store_next = match store.next_offset() {
+                Ok(Some(next)) => Some(next),
+                Ok(None) => {
+                    // A new store knows nothing before where consumption starts. Record that
+                    // point durably now, so that after a crash that loses its unflushed keys
+                    // it is known to be behind and the gap is replayed.
+                    let start = committed_offset.unwrap_or(0);
+                    if let Err(error) = store.record_next_offset(start).and_then(|()| store.flush())
+                    {
+                        tracing::warn!(partition, %error, "cannot record the new store's start offset");
+                    }
+                    Some(start)
+                }
+                Err(error) => {
+                    tracing::warn!(partition, %error, "cannot read the store's offset; no catch-up replay");
+                    None
+                }
+            };
+            let catch_up_until = match (store_next, committed_offset) {
+                (Some(start), Some(committed)) if start < committed => {
+                    if let Err(error) = tpl_set(tpl, &topic, partition, start) {
+                        tracing::warn!(partition, %error, "cannot set the catch-up start offset");
+                        None
+                    } else {
+                        tracing::info!(partition, from = start, to = committed,
+                            "store is behind the committed offset; replaying the gap in catch-up mode");
+                        Some(committed)
+                    }
+                }
+                _ => None,
+            };
+            let Some(queue) = stream_consumer.split_partition_queue(&topic, partition) else {
+                tracing::error!(
+                    partition,
+                    "cannot split the partition queue; not consuming it"
+                );
+                continue;
+            };
+            self.start_worker(
+                &topic,
+                partition,
+                store,
+                queue,
+                committed_offset,
+                catch_up_until,
+                &stream_consumer,
+            );
+        }
+        self.pipeline
+            .metrics
+            .assigned_partitions
+            .set(self.partitions().len() as i64);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_worker(
+        &self,
+        topic: &str,
+        partition: i32,
+        store: PartitionStore,
+        queue: PartitionQueue,
+        committed: Option<i64>,
+        catch_up_until: Option<i64>,
+        consumer: &Arc<DedupConsumer>,
+    ) {
+        let store = Arc::new(store);
+        let tracker = self.pipeline.tracker.partition(partition, committed);
+        let (fence, fence_rx) = watch::channel(false);
+        let (stray, stray_rx) = mpsc::unbounded_channel();
+        let worker = PartitionWorker {
+            topic: topic.to_string(),
+            partition,
+            queue,
+            store: Arc::clone(&store),
+            tracker: Arc::clone(&tracker),
+            pipeline: Arc::clone(&self.pipeline),
+            consumer: Arc::clone(consumer),
+            catch_up_until,
+            fence: fence_rx,
+        };
+        let task = self.runtime.spawn(worker.run(stray_rx));
+        tracing::info!(partition, ?committed, ?catch_up_until, "partition assigned");
+        self.partitions().insert(
+            partition,
+            PartitionHandle {
+                store,
+                tracker,
+                fence,
+                stray,
+                task,
+            },
+        );
+    }
+
+    /// Opens the local store of a partition.
+    fn open_store(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<PartitionStore, dedup_core::StoreError> {
+        let config = &self.pipeline.config;
+        let path = PartitionStore::dir_for(&config.store_path, topic, partition);
+        PartitionStore::open(path, &config.store_settings(), &self.pipeline.resources)
+    }
+
+    /// Fences, drains, commits and closes the given partitions.
+    pub fn revoke<C: Consumer<DedupContext>>(&self, consumer: &C, partitions: Vec<i32>) {
+        let handles: Vec<(i32, PartitionHandle)> = {
+            let mut owned = self.partitions();
+            partitions
+                .into_iter()
+                .filter_map(|p| owned.remove(&p).map(|h| (p, h)))
+                .collect()
+        };
+        if handles.is_empty() {
+            return;
+        }
+        for (_, handle) in &handles {
+            handle.tracker.fence();
+            let _ = handle.fence.send(true);
+        }
+        // Workers stop within the drain timeout; allow for the final store call too.
+        let bound = self.pipeline.config.rebalance_drain_timeout + Duration::from_secs(5);
+        let topic = self.pipeline.config.kafka_consumer_topic.clone();
+        let mut offsets = TopicPartitionList::new();
+        let mut stores = Vec::new();
+        for (partition, handle) in handles {
+            let exit = self.block_on(async {
+                match tokio::time::timeout(bound, handle.task).await {
+                    Ok(Ok(exit)) => Some(exit),
+                    Ok(Err(error)) => {
+                        tracing::error!(partition, %error, "partition worker failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::error!(partition, "partition worker did not stop in time");
+                        None
+                    }
+                }
+            });
+            if let Some(WorkerExit {
+                committable: Some(next),
+            }) = exit
+            {
+                let _ = offsets.add_partition_offset(&topic, partition, Offset::Offset(next));
+            }
+            stores.push((partition, handle.store));
+        }
+        if offsets.count() > 0 {
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+                self.pipeline.metrics.kafka_errors.inc();
+                tracing::warn!(%error, "committing revoked partitions failed; their next owner will see redeliveries");
+            }
+        }
+        for (partition, store) in stores {
+            self.close_store(partition, store);
+        }
+        self.pipeline
+            .metrics
+            .assigned_partitions
+            .set(self.partitions().len() as i64);
+    }
+
+    /// Revokes everything owned (shutdown).
+    pub fn revoke_all<C: Consumer<DedupContext>>(&self, consumer: &C) {
+        self.revoke(consumer, self.owned());
+    }
+
+    fn close_store(&self, partition: i32, store: Arc<PartitionStore>) {
+        let metrics = &self.pipeline.metrics;
+        metrics
+            .store_size_bytes
+            .remove(&PartitionLabels { partition });
+        metrics.consumer_lag.remove(&PartitionLabels { partition });
+        metrics
+            .committed_offset
+            .remove(&PartitionLabels { partition });
+        if let Err(error) = store.flush() {
+            tracing::error!(partition, %error, "flushing the store on revocation failed");
+        }
+        // The retention task may hold the store for a moment; RocksDB allows one open
+        // instance per directory, so wait for it before the partition can come back.
+        let mut store = store;
+        for _ in 0..600 {
+            match Arc::try_unwrap(store) {
+                Ok(owned) => {
+                    if let Err(error) = owned.close() {
+                        tracing::error!(partition, %error, "closing the store failed");
+                    }
+                    tracing::info!(partition, "partition revoked; store closed");
+                    return;
+                }
+                Err(shared) => {
+                    store = shared;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        tracing::error!(partition, "store still in use 60 s after revocation");
+    }
+
+    fn count(&self, kind: &'static str) {
+        self.pipeline
+            .metrics
+            .rebalances
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// Runs a future to completion from the rebalance callback, which librdkafka calls
+    /// on a runtime worker thread inside the consumer's poll.
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        if Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| self.runtime.block_on(future))
+        } else {
+            self.runtime.block_on(future)
+        }
+    }
+
+    fn partitions(&self) -> MutexGuard<'_, HashMap<i32, PartitionHandle>> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn tpl_set(
+    tpl: &mut TopicPartitionList,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), KafkaError> {
+    tpl.set_partition_offset(topic, partition, Offset::Offset(offset))
+}

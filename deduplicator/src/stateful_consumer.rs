@@ -1,0 +1,270 @@
+//! The deduplicator as a whole: builds the consumer, publisher, metrics and HTTP port,
+//! polls the consumer (which drives rebalances; partition messages go to per-partition
+//! workers), runs retention in the background, and shuts down cleanly.
+//!
+//! Shutdown (SIGTERM/SIGINT, or the future given to [`run`]): stop fetching, fence and
+//! drain every partition, commit, close the stores, flush the producer, leave. Bounded
+//! by `SHUTDOWN_TIMEOUT`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dedup_core::http::{self, Health};
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message};
+use tokio::runtime::Handle;
+
+use crate::config::Config;
+use crate::metrics::{KindLabels, Metrics, PartitionLabels};
+use crate::pipeline::Pipeline;
+use crate::publisher::{client_id, Publisher};
+use crate::rebalance_handler::{DedupConsumer, DedupContext, RebalanceHandler};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot bind the HTTP port {addr} (HTTP_BIND): {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the Kafka {role}: {source}")]
+    Kafka {
+        role: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot create the store directory {path} (STORE_PATH): {source}")]
+    StorePath {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The stateful, partition-aware consumer of the product description.
+pub struct StatefulKafkaConsumer {
+    consumer: Arc<DedupConsumer>,
+    handler: Arc<RebalanceHandler>,
+    pipeline: Arc<Pipeline>,
+}
+
+impl StatefulKafkaConsumer {
+    pub fn new(pipeline: Arc<Pipeline>) -> Result<Self, RunError> {
+        let config = &pipeline.config;
+        let handler = Arc::new(RebalanceHandler::new(
+            Arc::clone(&pipeline),
+            Handle::current(),
+        ));
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.kafka_hosts)
+            .set("group.id", &config.kafka_consumer_group)
+            .set("client.id", client_id(config, "consumer"))
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Offsets are stored by the workers only once a message's outcome is final;
+            // librdkafka commits what was stored.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000");
+        if let Some(pod) = &config.pod_name {
+            client.set("group.instance.id", pod);
+        }
+        for (key, value) in config
+            .kafka_properties
+            .0
+            .iter()
+            .chain(&config.kafka_consumer_properties.0)
+        {
+            client.set(key, value);
+        }
+        let consumer: DedupConsumer = client
+            .create_with_context(DedupContext {
+                handler: Arc::clone(&handler),
+            })
+            .map_err(|source| RunError::Kafka {
+                role: "consumer",
+                source,
+            })?;
+        let consumer = Arc::new(consumer);
+        handler.attach(&consumer);
+        Ok(Self {
+            consumer,
+            handler,
+            pipeline,
+        })
+    }
+
+    /// Subscribes and consumes until `shutdown` completes, then shuts down cleanly.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        let topic = self.pipeline.config.kafka_consumer_topic.clone();
+        self.consumer
+            .subscribe(&[&topic])
+            .map_err(|source| RunError::Kafka {
+                role: "consumer subscription",
+                source,
+            })?;
+        tracing::info!(topic, group = %self.pipeline.config.kafka_consumer_group, "subscribed");
+        let retention = tokio::spawn(retention_loop(Arc::clone(&self.handler)));
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                received = self.consumer.recv() => match received {
+                    // Partitions are split off before assignment, so this is rare: hand the
+                    // message to its worker rather than lose it.
+                    Ok(message) => {
+                        let partition = message.partition();
+                        if !self.handler.route_stray(message.detach()) {
+                            tracing::warn!(partition, "message for a partition not owned; it stays uncommitted");
+                        }
+                    }
+                    Err(error) => {
+                        self.pipeline.metrics.kafka_errors.inc();
+                        tracing::warn!(%error, "consumer error");
+                    }
+                },
+            }
+        }
+
+        tracing::info!("shutting down: draining partitions");
+        self.pipeline.health.set_not_ready("shutting down");
+        retention.abort();
+        let deadline = self.pipeline.config.shutdown_timeout;
+        let started = std::time::Instant::now();
+        let handler = Arc::clone(&self.handler);
+        let consumer = Arc::clone(&self.consumer);
+        let drained = tokio::time::timeout(
+            deadline,
+            tokio::task::spawn_blocking(move || handler.revoke_all(consumer.as_ref())),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::error!(?deadline, "shutdown drain timed out");
+        }
+        let remaining = deadline
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        if let Err(error) = self.pipeline.publisher.flush(remaining) {
+            tracing::warn!(%error, "producer flush incomplete");
+        }
+        self.consumer.unsubscribe();
+        drop(self.consumer);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Runs the deduplicator with `config` until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    std::fs::create_dir_all(&config.store_path).map_err(|source| RunError::StorePath {
+        path: config.store_path.clone(),
+        source,
+    })?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let health = Health::starting("joining the consumer group");
+    let listener = http::bind(config.http_bind)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: config.http_bind,
+            source,
+        })?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve(
+        listener,
+        Arc::new(registry),
+        health.clone(),
+        async {
+            let _ = http_stopped.await;
+        },
+    ));
+
+    let publisher =
+        Publisher::new(&config, Arc::clone(&metrics)).map_err(|source| RunError::Kafka {
+            role: "producer",
+            source,
+        })?;
+    tracing::info!(
+        output = config
+            .output_topic
+            .as_deref()
+            .unwrap_or("(none: count only)"),
+        dead_letter = config
+            .dead_letter_topic
+            .as_deref()
+            .unwrap_or("(none: pass malformed through)"),
+        "starting"
+    );
+    let pipeline = Arc::new(Pipeline::new(config, metrics, publisher, health));
+    let result = StatefulKafkaConsumer::new(pipeline)?.run(shutdown).await;
+    let _ = stop_http.send(());
+    let _ = server.await;
+    result
+}
+
+/// Flushes every owned store and enforces its window and capacity, one at a time, off
+/// the consuming tasks, every `RETENTION_INTERVAL`.
+async fn retention_loop(handler: Arc<RebalanceHandler>) {
+    let interval = handler.pipeline.config.retention_interval;
+    if interval.is_zero() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(interval).await;
+        for (partition, store) in handler.stores() {
+            let Some(store) = store.upgrade() else {
+                continue;
+            };
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            // Flushing bounds what a crash can lose (the store runs without a WAL by
+            // default) and so the catch-up replay after it.
+            let result = tokio::task::spawn_blocking(move || {
+                store.flush()?;
+                store.enforce_retention(now_ms)
+            })
+            .await;
+            let metrics = &handler.pipeline.metrics;
+            match result {
+                Ok(Ok(eviction)) => {
+                    if eviction.keys_evicted > 0 {
+                        let kind = if eviction.by_capacity {
+                            "capacity"
+                        } else {
+                            "window"
+                        };
+                        metrics
+                            .evicted_keys
+                            .get_or_create(&KindLabels { kind })
+                            .inc_by(eviction.keys_evicted);
+                        tracing::info!(
+                            partition,
+                            keys = eviction.keys_evicted,
+                            kind,
+                            cutoff_ms = eviction.cutoff_ms,
+                            "evicted old keys"
+                        );
+                    }
+                    metrics
+                        .store_size_bytes
+                        .get_or_create(&PartitionLabels { partition })
+                        .set(eviction.size_after as i64);
+                }
+                Ok(Err(error)) => {
+                    metrics.store_errors.inc();
+                    tracing::error!(partition, %error, "retention failed");
+                }
+                Err(error) => tracing::error!(partition, %error, "retention task failed"),
+            }
+        }
+    }
+}

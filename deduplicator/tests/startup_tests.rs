@@ -1,0 +1,75 @@
+//! Start-up with bad settings: the real binary exits non-zero, naming the variable and
+//! the accepted form, before touching Kafka or the store.
+
+use std::process::Command;
+
+fn run_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_deduplicator"));
+    command
+        .env_clear()
+        .env("STORE_PATH", dir.path().join("store"))
+        .env("HTTP_BIND", "127.0.0.1:0")
+        // Nothing listens here: a test that got past start-up would hang, not pass.
+        .env("KAFKA_HOSTS", "127.0.0.1:1");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run deduplicator");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn each_bad_setting_is_named_with_its_accepted_form() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("MAX_STORE_CAPACITY", "lots", "whole number of bytes"),
+        ("MAX_IN_FLIGHT_MESSAGES", "0", "1.."),
+        ("MAX_IN_FLIGHT_MESSAGES", "many", "invalid digit"),
+        ("DEDUP_WINDOW", "forever", "with a unit"),
+        ("RETENTION_INTERVAL", "-5s", "with a unit"),
+        ("BATCH_SIZE", "-1", "BATCH_SIZE"),
+        ("STORE_WAL", "sometimes", "true"),
+        ("STORE_BLOCK_CACHE_BYTES", "1.5GB", "whole number of bytes"),
+        ("HTTP_BIND", "localhost", "IP:PORT"),
+        ("LOG_FORMAT", "yaml", "text or json"),
+        ("KAFKA_PROPERTIES", "acks", "key=value"),
+        ("KAFKA_CONSUMER_PROPERTIES", "=x", "key=value"),
+        ("SHUTDOWN_TIMEOUT", "soon", "with a unit"),
+        ("PUBLISH_MAX_ATTEMPTS", "0", "1.."),
+    ];
+    for (variable, value, form) in cases {
+        let (code, stderr) = run_with(&[(variable, value)]);
+        assert_eq!(code, Some(2), "{variable}={value}: {stderr}");
+        assert!(
+            stderr.contains(variable),
+            "{variable}={value} not named: {stderr}"
+        );
+        assert!(
+            stderr.contains(form),
+            "{variable}={value} form not stated: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_unusable_http_port_fails_start_up_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = run_with(&[("HTTP_BIND", &addr)]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("HTTP_BIND"), "{stderr}");
+}
+
+#[test]
+fn an_unusable_store_path_fails_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let store = file.join("store");
+    let (code, stderr) = run_with(&[("STORE_PATH", store.to_str().unwrap())]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("STORE_PATH"), "{stderr}");
+}

@@ -1,0 +1,491 @@
+//! Test support: a Kafka to test against, an event generator, and the real
+//! `deduplicator` binary run as a process.
+//!
+//! Kafka is librdkafka's mock cluster (real sockets on 127.0.0.1, real consumer groups),
+//! or a real broker when `KAFKA_TEST_BOOTSTRAP_SERVERS` is set; every test runs unchanged
+//! against either. Topics are created per test with unique names.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+/// The environment variable naming a real broker to run the Kafka tests against.
+pub const REAL_BROKER_VAR: &str = "KAFKA_TEST_BOOTSTRAP_SERVERS";
+
+pub struct TestKafka {
+    _mock: Option<MockCluster<'static, DefaultProducerContext>>,
+    pub bootstrap: String,
+}
+
+impl TestKafka {
+    pub fn start() -> Self {
+        match std::env::var(REAL_BROKER_VAR) {
+            Ok(bootstrap) if !bootstrap.is_empty() => Self {
+                _mock: None,
+                bootstrap,
+            },
+            _ => {
+                let mock = MockCluster::new(1).expect("start the librdkafka mock cluster");
+                let bootstrap = mock.bootstrap_servers();
+                Self {
+                    _mock: Some(mock),
+                    bootstrap,
+                }
+            }
+        }
+    }
+
+    /// A new topic with a name unique to this test run.
+    pub fn topic(&self, prefix: &str, partitions: i32) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        match &self._mock {
+            Some(mock) => mock
+                .create_topic(&name, partitions, 1)
+                .expect("create topic on the mock cluster"),
+            None => {
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", &self.bootstrap)
+                    .create()
+                    .expect("admin client");
+                let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let results = rt
+                    .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+                    .expect("create topic");
+                for result in results {
+                    result.expect("create topic");
+                }
+            }
+        }
+        name
+    }
+
+    pub fn produce(&self, topic: &str, messages: &[Produced]) {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("message.max.bytes", "3000000")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        for m in messages {
+            let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(m.partition);
+            if let Some(key) = &m.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &m.payload {
+                record = record.payload(payload.as_slice());
+            }
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, returned)) => {
+                        record = returned;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        producer
+            .flush(Duration::from_secs(30))
+            .expect("flush test producer");
+    }
+
+    /// Every message of `topic`, read from the beginning until `expected` messages have
+    /// arrived and then `settle` more without a new one (so extra messages are seen too).
+    pub fn read_all(
+        &self,
+        topic: &str,
+        partitions: i32,
+        expected: usize,
+        settle: Duration,
+    ) -> Vec<OwnedMessage> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", format!("reader-{topic}"))
+            .set("enable.auto.commit", "false")
+            .set("fetch.message.max.bytes", "3000000")
+            .create()
+            .expect("reader");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last_new = Instant::now();
+        while Instant::now() < deadline {
+            if out.len() >= expected && last_new.elapsed() >= settle {
+                break;
+            }
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(message.detach());
+                last_new = Instant::now();
+            }
+        }
+        out
+    }
+}
+
+/// One message to produce.
+#[derive(Clone, Debug)]
+pub struct Produced {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A generated event with everything the checks need to know about it.
+#[derive(Clone, Debug)]
+pub struct GenEvent {
+    pub uuid: String,
+    pub distinct_id: String,
+    pub timestamp_ms: i64,
+    pub event: String,
+    pub partition: i32,
+    /// Position within its partition's stream, for order checks.
+    pub seq: u64,
+    /// Whether it is a copy of an earlier event (same key, new uuid).
+    pub is_copy: bool,
+}
+
+impl GenEvent {
+    pub fn dedup_key(&self) -> String {
+        format!(
+            "{}:{}:tok:{}",
+            self.timestamp_ms, self.distinct_id, self.event
+        )
+    }
+
+    pub fn produced(&self) -> Produced {
+        let payload = serde_json::json!({
+            "uuid": self.uuid,
+            "distinct_id": self.distinct_id,
+            "token": "tok",
+            "event": self.event,
+            "timestamp": self.timestamp_ms,
+            "properties": {"src_partition": self.partition, "seq": self.seq},
+        });
+        Produced {
+            partition: self.partition,
+            key: Some(format!("tok:{}", self.distinct_id).into_bytes()),
+            payload: Some(payload.to_string().into_bytes()),
+        }
+    }
+}
+
+/// Generates `count` events over `partitions`, a `duplicate_percent` share of them copies
+/// of an earlier event of the same partition. Deterministic for a given `seed`.
+pub fn generate(
+    count: usize,
+    duplicate_percent: u64,
+    partitions: i32,
+    seed: u64,
+    id_prefix: &str,
+) -> Vec<GenEvent> {
+    let mut rng = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut by_partition: HashMap<i32, Vec<GenEvent>> = HashMap::new();
+    let mut seqs: HashMap<i32, u64> = HashMap::new();
+    let mut events = Vec::with_capacity(count);
+    for i in 0..count {
+        let partition = (next() % partitions as u64) as i32;
+        let seq = {
+            let s = seqs.entry(partition).or_default();
+            *s += 1;
+            *s
+        };
+        let earlier = by_partition.entry(partition).or_default();
+        let event = if next() % 100 < duplicate_percent && !earlier.is_empty() {
+            let original = &earlier[(next() as usize) % earlier.len()];
+            GenEvent {
+                uuid: format!("{id_prefix}-{i}"),
+                seq,
+                is_copy: true,
+                ..original.clone()
+            }
+        } else {
+            let e = GenEvent {
+                uuid: format!("{id_prefix}-{i}"),
+                distinct_id: format!("{id_prefix}-user-{}", next() % 100_000),
+                timestamp_ms: 1_700_000_000_000 + i as i64,
+                event: ["$pageview", "signup", "purchase"][(next() % 3) as usize].to_string(),
+                partition,
+                seq,
+                is_copy: false,
+            };
+            earlier.push(e.clone());
+            e
+        };
+        events.push(event);
+    }
+    events
+}
+
+/// What an output message says about itself.
+pub struct Published {
+    pub uuid: String,
+    pub dedup_key: String,
+    pub src_partition: i64,
+    pub seq: u64,
+    pub out_partition: i32,
+}
+
+pub fn parse_published(message: &OwnedMessage) -> Option<Published> {
+    let value: serde_json::Value = serde_json::from_slice(message.payload()?).ok()?;
+    Some(Published {
+        uuid: value["uuid"].as_str()?.to_string(),
+        dedup_key: format!(
+            "{}:{}:{}:{}",
+            value["timestamp"].as_i64()?,
+            value["distinct_id"].as_str()?,
+            value["token"].as_str()?,
+            value["event"].as_str()?
+        ),
+        src_partition: value["properties"]["src_partition"].as_i64()?,
+        seq: value["properties"]["seq"].as_u64()?,
+        out_partition: message.partition(),
+    })
+}
+
+/// A running `deduplicator` process.
+pub struct Dedup {
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+}
+
+/// Settings of a deduplicator process under test.
+#[derive(Clone)]
+pub struct DedupSpec {
+    pub bootstrap: String,
+    pub input: String,
+    pub output: Option<String>,
+    pub dead_letter: Option<String>,
+    pub group: String,
+    pub store: PathBuf,
+    pub pod_name: Option<String>,
+    pub extra: Vec<(String, String)>,
+}
+
+impl DedupSpec {
+    pub fn new(kafka: &TestKafka, input: &str, output: Option<&str>, store: &Path) -> Self {
+        Self {
+            bootstrap: kafka.bootstrap.clone(),
+            input: input.to_string(),
+            output: output.map(str::to_string),
+            dead_letter: None,
+            group: format!("dedup-{input}"),
+            store: store.to_path_buf(),
+            pod_name: None,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.extra.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn spawn(&self, log_dir: &Path, name: &str) -> Dedup {
+        let http = free_port();
+        let log = log_dir.join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_deduplicator"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("KAFKA_HOSTS", &self.bootstrap)
+            .env("KAFKA_CONSUMER_TOPIC", &self.input)
+            .env("KAFKA_CONSUMER_GROUP", &self.group)
+            .env("STORE_PATH", &self.store)
+            .env("HTTP_BIND", http.to_string())
+            // Quicker group changes than the production defaults, for test run time.
+            .env(
+                "KAFKA_CONSUMER_PROPERTIES",
+                "session.timeout.ms=6000,heartbeat.interval.ms=500,fetch.message.max.bytes=3000000",
+            )
+            .env("KAFKA_PRODUCER_PROPERTIES", "message.max.bytes=3000000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file));
+        if let Some(output) = &self.output {
+            command.env("OUTPUT_TOPIC", output);
+        }
+        if let Some(dlq) = &self.dead_letter {
+            command.env("DEAD_LETTER_TOPIC", dlq);
+        }
+        if let Some(pod) = &self.pod_name {
+            command.env("POD_NAME", pod);
+        }
+        for (key, value) in &self.extra {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn deduplicator");
+        Dedup {
+            child: Some(child),
+            http,
+            log,
+        }
+    }
+}
+
+impl Dedup {
+    pub fn metrics(&self) -> Option<String> {
+        http_get(self.http, "/metrics").map(|(_, body)| body)
+    }
+
+    /// Sum of every sample of a metric whose line starts with `prefix`
+    /// (e.g. `dedup_events_total{outcome="unique"}`).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .map(|m| sum_metric(&m, prefix))
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until `condition` holds, failing the test (with the process log) at `timeout`.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl FnMut(&Dedup) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if condition(self) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "deduplicator exited with {status} while waiting for {what}\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out waiting for {what}\nmetrics:\n{}\nlog:\n{}",
+            self.metrics().unwrap_or_default(),
+            self.log_tail()
+        );
+    }
+
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let http = self.http;
+        self.wait_until("readiness", timeout, move |_| {
+            matches!(http_get(http, "/readyz"), Some((200, _)))
+        });
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "deduplicator did not stop after SIGTERM\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+impl Drop for Dedup {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn sum_metric(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr")
+}
