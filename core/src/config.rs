@@ -6,6 +6,46 @@
 
 use std::time::Duration;
 
+/// The names of the environment variables (and, lower-cased with dashes, of the flags)
+/// that configure the binaries. The deduplicator reads them; the operator writes them
+/// into each cluster's ConfigMap. The seed's names are kept as they are.
+pub mod env {
+    pub const KAFKA_HOSTS: &str = "KAFKA_HOSTS";
+    pub const KAFKA_CONSUMER_GROUP: &str = "KAFKA_CONSUMER_GROUP";
+    pub const KAFKA_CONSUMER_TOPIC: &str = "KAFKA_CONSUMER_TOPIC";
+    pub const OUTPUT_TOPIC: &str = "OUTPUT_TOPIC";
+    pub const DEAD_LETTER_TOPIC: &str = "DEAD_LETTER_TOPIC";
+    pub const MAX_IN_FLIGHT_MESSAGES: &str = "MAX_IN_FLIGHT_MESSAGES";
+    pub const BATCH_SIZE: &str = "BATCH_SIZE";
+    pub const STORE_PATH: &str = "STORE_PATH";
+    pub const MAX_STORE_CAPACITY: &str = "MAX_STORE_CAPACITY";
+    pub const DEDUP_WINDOW: &str = "DEDUP_WINDOW";
+    pub const RETENTION_INTERVAL: &str = "RETENTION_INTERVAL";
+    pub const STORE_WAL: &str = "STORE_WAL";
+    pub const STORE_BLOCK_CACHE_BYTES: &str = "STORE_BLOCK_CACHE_BYTES";
+    pub const STORE_WRITE_BUFFER_BYTES: &str = "STORE_WRITE_BUFFER_BYTES";
+    pub const POD_NAME: &str = "POD_NAME";
+    pub const HTTP_BIND: &str = "HTTP_BIND";
+    pub const LOG_FORMAT: &str = "LOG_FORMAT";
+    pub const KAFKA_PROPERTIES: &str = "KAFKA_PROPERTIES";
+    pub const KAFKA_CONSUMER_PROPERTIES: &str = "KAFKA_CONSUMER_PROPERTIES";
+    pub const KAFKA_PRODUCER_PROPERTIES: &str = "KAFKA_PRODUCER_PROPERTIES";
+    pub const KAFKA_SASL_USERNAME: &str = "KAFKA_SASL_USERNAME";
+    pub const KAFKA_SASL_PASSWORD: &str = "KAFKA_SASL_PASSWORD";
+    pub const REBALANCE_DRAIN_TIMEOUT: &str = "REBALANCE_DRAIN_TIMEOUT";
+    pub const SHUTDOWN_TIMEOUT: &str = "SHUTDOWN_TIMEOUT";
+    pub const PUBLISH_MAX_ATTEMPTS: &str = "PUBLISH_MAX_ATTEMPTS";
+    pub const CHECKPOINT_INTERVAL: &str = "CHECKPOINT_INTERVAL";
+    pub const LOCAL_CHECKPOINT_DIR: &str = "LOCAL_CHECKPOINT_DIR";
+    pub const S3_BUCKET: &str = "S3_BUCKET";
+    pub const S3_KEY_PREFIX: &str = "S3_KEY_PREFIX";
+    pub const FULL_UPLOAD_INTERVAL: &str = "FULL_UPLOAD_INTERVAL";
+    pub const MAX_LOCAL_CHECKPOINTS: &str = "MAX_LOCAL_CHECKPOINTS";
+    pub const MAX_REMOTE_CHECKPOINTS: &str = "MAX_REMOTE_CHECKPOINTS";
+    pub const S3_REGION: &str = "S3_REGION";
+    pub const S3_ENDPOINT: &str = "S3_ENDPOINT";
+}
+
 /// Accepted forms of a duration, quoted in error messages.
 pub const DURATION_FORM: &str =
     "a whole number with a unit: ms, s, m, h or d (e.g. 500ms, 300s, 5m, 24h, 7d), or 0";

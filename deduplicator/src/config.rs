@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use dedup_core::config::{parse_bytes, parse_duration};
+use dedup_core::config::{env, parse_bytes, parse_duration};
 use dedup_core::http::parse_bind_address;
 use dedup_core::store::{StoreResources, StoreSettings};
 use dedup_core::telemetry::LogFormat;
@@ -16,109 +16,118 @@ use dedup_core::telemetry::LogFormat;
 #[command(name = "deduplicator", version, about)]
 pub struct Config {
     /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(long, env = "KAFKA_HOSTS", default_value = "localhost:9092")]
+    #[arg(long, env = env::KAFKA_HOSTS, default_value = "localhost:9092")]
     pub kafka_hosts: String,
 
     /// Consumer group id.
     #[arg(
         long,
-        env = "KAFKA_CONSUMER_GROUP",
+        env = env::KAFKA_CONSUMER_GROUP,
         default_value = "kafka-deduplicator"
     )]
     pub kafka_consumer_group: String,
 
     /// Topic to deduplicate.
-    #[arg(long, env = "KAFKA_CONSUMER_TOPIC", default_value = "events")]
+    #[arg(long, env = env::KAFKA_CONSUMER_TOPIC, default_value = "events")]
     pub kafka_consumer_topic: String,
 
     /// Topic unique events are published to. Unset: deduplicate and count only.
-    #[arg(long, env = "OUTPUT_TOPIC")]
+    #[arg(long, env = env::OUTPUT_TOPIC)]
     pub output_topic: Option<String>,
 
     /// Topic malformed messages (and messages that could not be published) are routed
     /// to. Unset: malformed messages pass through to the output topic undeduplicated.
-    #[arg(long, env = "DEAD_LETTER_TOPIC")]
+    #[arg(long, env = env::DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: Option<String>,
 
     /// Messages received but not yet final (published and acknowledged, or known
     /// duplicate), across all partitions. Bounds memory and the redeliveries after a crash.
-    #[arg(long, env = "MAX_IN_FLIGHT_MESSAGES", default_value_t = 1000,
+    #[arg(long, env = env::MAX_IN_FLIGHT_MESSAGES, default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight_messages: u32,
 
     /// Most messages looked up and written to a partition store at once.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 1000,
+    #[arg(long, env = env::BATCH_SIZE, default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
 
     /// Base path of the per-partition RocksDB stores (`{STORE_PATH}/{topic}_{partition}`).
-    #[arg(long, env = "STORE_PATH", default_value = "/tmp/deduplication-store")]
+    #[arg(long, env = env::STORE_PATH, default_value = "/tmp/deduplication-store")]
     pub store_path: PathBuf,
 
     /// Most bytes a partition store may hold; the oldest keys are evicted beyond it.
     /// 0 = unlimited. Plain bytes or with a unit (512MiB, 10GB).
-    #[arg(long, env = "MAX_STORE_CAPACITY", default_value = "0", value_parser = parse_bytes)]
+    #[arg(long, env = env::MAX_STORE_CAPACITY, default_value = "0", value_parser = parse_bytes)]
     pub max_store_capacity: u64,
 
     /// Keys older than this by event time are forgotten (ms, s, m, h, d; 0 = never).
-    #[arg(long, env = "DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = env::DEDUP_WINDOW, default_value = "24h", value_parser = parse_duration)]
     pub dedup_window: Duration,
 
     /// How often retention (window and capacity) is enforced on each partition store.
-    #[arg(long, env = "RETENTION_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = env::RETENTION_INTERVAL, default_value = "60s", value_parser = parse_duration)]
     pub retention_interval: Duration,
 
     /// Write RocksDB's write-ahead log. Off is safe (catch-up replay rebuilds what a
     /// crash loses) and faster.
-    #[arg(long, env = "STORE_WAL", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = env::STORE_WAL, default_value_t = false, action = clap::ArgAction::Set)]
     pub store_wal: bool,
 
     /// Block cache shared by all partition stores (bytes or with a unit).
-    #[arg(long, env = "STORE_BLOCK_CACHE_BYTES", default_value = "128MiB", value_parser = parse_bytes)]
+    #[arg(long, env = env::STORE_BLOCK_CACHE_BYTES, default_value = "128MiB", value_parser = parse_bytes)]
     pub store_block_cache_bytes: u64,
 
     /// Memtable budget shared by all partition stores (bytes or with a unit).
-    #[arg(long, env = "STORE_WRITE_BUFFER_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    #[arg(long, env = env::STORE_WRITE_BUFFER_BYTES, default_value = "64MiB", value_parser = parse_bytes)]
     pub store_write_buffer_bytes: u64,
 
     /// This pod's name: the consumer's `group.instance.id` (static membership), so a
     /// restarted pod gets its partitions back without a group-wide rebalance.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = env::POD_NAME)]
     pub pod_name: Option<String>,
 
     /// Address of the HTTP port serving /metrics, /healthz and /readyz.
-    #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0:8080", value_parser = parse_bind_address)]
+    #[arg(long, env = env::HTTP_BIND, default_value = "0.0.0.0:8080", value_parser = parse_bind_address)]
     pub http_bind: SocketAddr,
 
     /// Log format: text or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = env::LOG_FORMAT, default_value = "text")]
     pub log_format: LogFormat,
 
     /// Extra librdkafka properties for consumer and producer: `key=value` pairs
     /// separated by commas or newlines (e.g. `security.protocol=SASL_SSL`).
-    #[arg(long, env = "KAFKA_PROPERTIES", default_value = "", value_parser = parse_properties)]
+    #[arg(long, env = env::KAFKA_PROPERTIES, default_value = "", value_parser = parse_properties)]
     pub kafka_properties: Properties,
 
     /// Extra librdkafka properties for the consumer only (same form).
-    #[arg(long, env = "KAFKA_CONSUMER_PROPERTIES", default_value = "", value_parser = parse_properties)]
+    #[arg(long, env = env::KAFKA_CONSUMER_PROPERTIES, default_value = "", value_parser = parse_properties)]
     pub kafka_consumer_properties: Properties,
 
     /// Extra librdkafka properties for the producer only (same form).
-    #[arg(long, env = "KAFKA_PRODUCER_PROPERTIES", default_value = "", value_parser = parse_properties)]
+    #[arg(long, env = env::KAFKA_PRODUCER_PROPERTIES, default_value = "", value_parser = parse_properties)]
     pub kafka_producer_properties: Properties,
 
+    /// SASL username for the Kafka cluster (e.g. from a Secret); with
+    /// `security.protocol` and `sasl.mechanism` set in KAFKA_PROPERTIES.
+    #[arg(long, env = env::KAFKA_SASL_USERNAME)]
+    pub kafka_sasl_username: Option<String>,
+
+    /// SASL password for the Kafka cluster. Never logged.
+    #[arg(long, env = env::KAFKA_SASL_PASSWORD, hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+
     /// Longest wait, on revocation, for a partition's in-flight messages to finish.
-    #[arg(long, env = "REBALANCE_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = env::REBALANCE_DRAIN_TIMEOUT, default_value = "20s", value_parser = parse_duration)]
     pub rebalance_drain_timeout: Duration,
 
     /// Longest shutdown after SIGTERM (drain, commit, close). Keep it below the pod's
     /// termination grace period.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    #[arg(long, env = env::SHUTDOWN_TIMEOUT, default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
     /// Attempts to publish a message before it is dead-lettered (when a dead-letter topic
     /// is set; without one, publishing is retried until it succeeds).
-    #[arg(long, env = "PUBLISH_MAX_ATTEMPTS", default_value_t = 5,
+    #[arg(long, env = env::PUBLISH_MAX_ATTEMPTS, default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub publish_max_attempts: u32,
 }
@@ -149,6 +158,25 @@ pub fn parse_properties(text: &str) -> Result<Properties, String> {
 }
 
 impl Config {
+    /// The librdkafka properties common to consumer and producer: bootstrap servers,
+    /// SASL credentials, then KAFKA_PROPERTIES.
+    pub fn kafka_client_properties(&self) -> Vec<(&str, &str)> {
+        let mut properties = vec![("bootstrap.servers", self.kafka_hosts.as_str())];
+        if let Some(username) = &self.kafka_sasl_username {
+            properties.push(("sasl.username", username));
+        }
+        if let Some(password) = &self.kafka_sasl_password {
+            properties.push(("sasl.password", password));
+        }
+        properties.extend(
+            self.kafka_properties
+                .0
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        properties
+    }
+
     pub fn store_settings(&self) -> StoreSettings {
         StoreSettings {
             dedup_window: self.dedup_window,

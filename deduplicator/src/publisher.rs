@@ -48,16 +48,13 @@ impl Publisher {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, KafkaError> {
         let mut client = ClientConfig::new();
         client
-            .set("bootstrap.servers", &config.kafka_hosts)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("client.id", client_id(config, "producer"));
-        for (key, value) in config
-            .kafka_properties
-            .0
-            .iter()
-            .chain(&config.kafka_producer_properties.0)
-        {
+        for (key, value) in config.kafka_client_properties() {
+            client.set(key, value);
+        }
+        for (key, value) in &config.kafka_producer_properties.0 {
             client.set(key, value);
         }
         Ok(Self {

@@ -61,7 +61,6 @@ impl StatefulKafkaConsumer {
         ));
         let mut client = ClientConfig::new();
         client
-            .set("bootstrap.servers", &config.kafka_hosts)
             .set("group.id", &config.kafka_consumer_group)
             .set("client.id", client_id(config, "consumer"))
             .set("partition.assignment.strategy", "cooperative-sticky")
@@ -75,12 +74,10 @@ impl StatefulKafkaConsumer {
         if let Some(pod) = &config.pod_name {
             client.set("group.instance.id", pod);
         }
-        for (key, value) in config
-            .kafka_properties
-            .0
-            .iter()
-            .chain(&config.kafka_consumer_properties.0)
-        {
+        for (key, value) in config.kafka_client_properties() {
+            client.set(key, value);
+        }
+        for (key, value) in &config.kafka_consumer_properties.0 {
             client.set(key, value);
         }
         let consumer: DedupConsumer = client
