@@ -10,7 +10,9 @@
 # bloom and cache settings; prints a Markdown table with the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kafka-deduplicator-target}"
+# Release builds get their own target directory, so a benchmark build never blocks
+# (or is blocked by) the test builds.
+export CARGO_TARGET_DIR="${DEDUP_BENCH_TARGET_DIR:-/var/tmp/kafka-deduplicator-bench-target}"
 sizes="${DEDUP_BENCH_SIZES:-1000000,10000000}"
 wal="${DEDUP_BENCH_WAL:-0}"
 

@@ -5,8 +5,12 @@ set -euo pipefail
 
 packages=(
   libclang-dev   # bindgen, for the RocksDB bindings
-  g++ make       # RocksDB's C++
+  g++ make       # RocksDB's and librdkafka's C/C++
+  libssl-dev     # librdkafka TLS
+  zlib1g-dev     # librdkafka gzip
 )
+# pip, only if this machine's python3 has none.
+python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,3 +22,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 echo "system packages: ok"
+
+# Python tools the tests run: kubernetes-validate (Kubernetes schemas).
+python_tools=(kubernetes-validate==1.37.0)
+if ! python3 -m pip show kubernetes-validate >/dev/null 2>&1; then
+  # --break-system-packages: Debian's own python3 is "externally managed"; these are
+  # test tools with no Debian package.
+  python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${python_tools[@]}"
+fi
+command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+echo "python tools: ok ($(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'))"

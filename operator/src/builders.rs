@@ -1,0 +1,451 @@
+//! The Kubernetes objects a `DedupCluster` becomes, as pure functions of it (no I/O).
+//!
+//! - ConfigMap `{name}-config`: the deduplicator's and restorer's settings, under their
+//!   own variable names. Never credentials: those come from the referenced Secrets.
+//! - Service `{name}` (headless): stable pod DNS names and the metrics port.
+//! - StatefulSet `{name}`: the restorer as init container, the deduplicator as main
+//!   container, one PVC per pod, `POD_NAME` from the downward API (it is the consumer's
+//!   static group member id and the key of the pod's checkpoint ownership record).
+//! - PodDisruptionBudget `{name}`: one pod down at a time, so a drain never takes all
+//!   partitions' owners at once.
+//!
+//! A hash of the ConfigMap's data is an annotation of the pod template, so a settings
+//! change rolls the pods; replicas are not in the template, so scaling does not.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use dedup_core::config::env;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretEnvSource, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::DedupCluster;
+
+/// Port of the deduplicator's /metrics, /healthz and /readyz.
+pub const HTTP_PORT: i32 = 8080;
+/// Where each pod's volume is mounted.
+pub const DATA_DIR: &str = "/data";
+/// Annotation carrying the hash of the ConfigMap data on the pod template.
+pub const CONFIG_HASH_ANNOTATION: &str = "kafka-deduplicator.dev/config-hash";
+const DATA_VOLUME: &str = "data";
+const APP: &str = "kafka-deduplicator";
+/// Unprivileged user of the image (distroless "nonroot").
+const RUN_AS_USER: i64 = 65532;
+
+/// Labels every child object carries; the first two select the pods.
+pub fn labels(cluster: &DedupCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), APP.to_string()),
+        ("app.kubernetes.io/instance".to_string(), cluster.name_any()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "kafka-deduplicator-operator".to_string(),
+        ),
+    ])
+}
+
+/// The pod selector, also published as `status.labelSelector` for the scale subresource.
+pub fn selector_labels(cluster: &DedupCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), APP.to_string()),
+        ("app.kubernetes.io/instance".to_string(), cluster.name_any()),
+    ])
+}
+
+pub fn selector_string(cluster: &DedupCluster) -> String {
+    selector_labels(cluster)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn metadata(cluster: &DedupCluster, name: String, owner: &OwnerReference) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: cluster.namespace(),
+        labels: Some(labels(cluster)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The owner reference children carry (controller, block owner deletion). `None` if the
+/// resource has no name or uid yet (not read from the API server).
+pub fn owner_reference(cluster: &DedupCluster) -> Option<OwnerReference> {
+    cluster.controller_owner_ref(&())
+}
+
+pub fn config_map_name(cluster: &DedupCluster) -> String {
+    format!("{}-config", cluster.name_any())
+}
+
+/// The settings of both containers, under the deduplicator's own variable names.
+pub fn config_data(cluster: &DedupCluster) -> BTreeMap<String, String> {
+    let spec = &cluster.spec;
+    let mut data = BTreeMap::new();
+    let mut set = |key: &str, value: String| {
+        data.insert(key.to_string(), value);
+    };
+    set(env::KAFKA_HOSTS, spec.kafka.bootstrap_servers.clone());
+    set(env::KAFKA_CONSUMER_TOPIC, spec.kafka.input_topic.clone());
+    set(
+        env::KAFKA_CONSUMER_GROUP,
+        spec.kafka
+            .consumer_group
+            .clone()
+            .unwrap_or_else(|| cluster.name_any()),
+    );
+    if let Some(topic) = &spec.kafka.output_topic {
+        set(env::OUTPUT_TOPIC, topic.clone());
+    }
+    if let Some(topic) = &spec.kafka.dead_letter_topic {
+        set(env::DEAD_LETTER_TOPIC, topic.clone());
+    }
+    if !spec.kafka.properties.is_empty() {
+        let properties: Vec<String> = spec
+            .kafka
+            .properties
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        set(env::KAFKA_PROPERTIES, properties.join("\n"));
+    }
+    if let Some(window) = &spec.dedup.window {
+        set(env::DEDUP_WINDOW, window.clone());
+    }
+    if let Some(capacity) = &spec.dedup.max_store_capacity {
+        set(env::MAX_STORE_CAPACITY, capacity.clone());
+    }
+    if let Some(max) = spec.dedup.max_in_flight_messages {
+        set(env::MAX_IN_FLIGHT_MESSAGES, max.to_string());
+    }
+    set(env::STORE_PATH, format!("{DATA_DIR}/store"));
+    set(env::LOCAL_CHECKPOINT_DIR, format!("{DATA_DIR}/checkpoints"));
+    set(env::HTTP_BIND, format!("0.0.0.0:{HTTP_PORT}"));
+    set(env::LOG_FORMAT, "json".into());
+    // Leave the pod time to exit by itself before the kubelet's SIGKILL.
+    set(
+        env::SHUTDOWN_TIMEOUT,
+        format!("{}s", (spec.termination_grace_period_seconds - 5).max(5)),
+    );
+    let checkpoint = &spec.checkpoint;
+    if let Some(interval) = &checkpoint.interval {
+        set(env::CHECKPOINT_INTERVAL, interval.clone());
+    }
+    if let Some(n) = checkpoint.full_upload_interval {
+        set(env::FULL_UPLOAD_INTERVAL, n.to_string());
+    }
+    if let Some(n) = checkpoint.local_retention {
+        set(env::MAX_LOCAL_CHECKPOINTS, n.to_string());
+    }
+    if let Some(n) = checkpoint.remote_retention {
+        set(env::MAX_REMOTE_CHECKPOINTS, n.to_string());
+    }
+    set(env::S3_BUCKET, checkpoint.s3.bucket.clone());
+    if let Some(prefix) = &checkpoint.s3.prefix {
+        set(env::S3_KEY_PREFIX, prefix.clone());
+    }
+    if let Some(region) = &checkpoint.s3.region {
+        set(env::S3_REGION, region.clone());
+    }
+    if let Some(endpoint) = &checkpoint.s3.endpoint {
+        set(env::S3_ENDPOINT, endpoint.clone());
+    }
+    data
+}
+
+pub fn config_map(cluster: &DedupCluster, owner: &OwnerReference) -> ConfigMap {
+    ConfigMap {
+        metadata: metadata(cluster, config_map_name(cluster), owner),
+        data: Some(config_data(cluster)),
+        ..ConfigMap::default()
+    }
+}
+
+pub fn service(cluster: &DedupCluster, owner: &OwnerReference) -> Service {
+    Service {
+        metadata: metadata(cluster, cluster.name_any(), owner),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(cluster)),
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: HTTP_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// A short, stable hash of the ConfigMap data (FNV-1a, so it does not change between
+/// operator builds the way `DefaultHasher` may).
+pub fn config_hash(data: &BTreeMap<String, String>) -> String {
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+    }
+    let mut hasher = Fnv(0xcbf2_9ce4_8422_2325);
+    data.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+fn env_vars(cluster: &DedupCluster) -> Vec<EnvVar> {
+    let mut vars = vec![EnvVar {
+        name: env::POD_NAME.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }];
+    if let Some(secret) = &cluster.spec.kafka.credentials_secret {
+        for (name, key) in [
+            (env::KAFKA_SASL_USERNAME, "username"),
+            (env::KAFKA_SASL_PASSWORD, "password"),
+        ] {
+            vars.push(EnvVar {
+                name: name.into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.clone(),
+                        key: key.into(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        }
+    }
+    vars
+}
+
+fn env_from(cluster: &DedupCluster) -> Vec<EnvFromSource> {
+    let mut sources = vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: config_map_name(cluster),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    }];
+    if let Some(secret) = &cluster.spec.checkpoint.credentials_secret {
+        sources.push(EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: secret.clone(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        });
+    }
+    sources
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+pub fn stateful_set(cluster: &DedupCluster, owner: &OwnerReference) -> StatefulSet {
+    let spec = &cluster.spec;
+    let data_mount = VolumeMount {
+        name: DATA_VOLUME.into(),
+        mount_path: DATA_DIR.into(),
+        ..VolumeMount::default()
+    };
+    let restorer = Container {
+        name: "restorer".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        command: Some(vec!["restorer".into()]),
+        env: Some(env_vars(cluster)),
+        env_from: Some(env_from(cluster)),
+        volume_mounts: Some(vec![data_mount.clone()]),
+        security_context: Some(container_security()),
+        ..Container::default()
+    };
+    let deduplicator = Container {
+        name: "deduplicator".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        command: Some(vec!["deduplicator".into()]),
+        env: Some(env_vars(cluster)),
+        env_from: Some(env_from(cluster)),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        // Liveness fails on a store that cannot be written; readiness until the pod has
+        // joined the group with its stores open.
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![data_mount]),
+        security_context: Some(container_security()),
+        ..Container::default()
+    };
+    let data = config_data(cluster);
+    let mut template_labels = labels(cluster);
+    template_labels.extend(selector_labels(cluster));
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            labels: Some(selector_labels(cluster)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(spec.storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    StatefulSet {
+        metadata: metadata(cluster, cluster.name_any(), owner),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(cluster.name_any()),
+            // Pods are independent consumer-group members: start and stop them together.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(cluster)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(template_labels),
+                    annotations: Some(BTreeMap::from([
+                        (CONFIG_HASH_ANNOTATION.to_string(), config_hash(&data)),
+                        ("prometheus.io/scrape".to_string(), "true".to_string()),
+                        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
+                    ])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    init_containers: Some(vec![restorer]),
+                    containers: vec![deduplicator],
+                    termination_grace_period_seconds: Some(spec.termination_grace_period_seconds),
+                    node_selector: spec.node_selector.clone(),
+                    tolerations: spec.tolerations.clone(),
+                    affinity: spec.affinity.clone(),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS_USER),
+                        run_as_group: Some(RUN_AS_USER),
+                        fs_group: Some(RUN_AS_USER),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+pub fn pod_disruption_budget(
+    cluster: &DedupCluster,
+    owner: &OwnerReference,
+) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: metadata(cluster, cluster.name_any(), owner),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(cluster)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// Every child object, for tests and validation.
+pub fn all_objects(cluster: &DedupCluster, owner: &OwnerReference) -> Vec<serde_json::Value> {
+    let mut objects = Vec::new();
+    let push = |objects: &mut Vec<serde_json::Value>,
+                value: Result<serde_json::Value, serde_json::Error>| {
+        if let Ok(value) = value {
+            objects.push(value);
+        }
+    };
+    push(&mut objects, typed_json(&config_map(cluster, owner)));
+    push(&mut objects, typed_json(&service(cluster, owner)));
+    push(&mut objects, typed_json(&stateful_set(cluster, owner)));
+    push(
+        &mut objects,
+        typed_json(&pod_disruption_budget(cluster, owner)),
+    );
+    objects
+}
+
+/// An object as JSON with its apiVersion and kind, as it is applied.
+pub fn typed_json<K>(object: &K) -> Result<serde_json::Value, serde_json::Error>
+where
+    K: Resource<DynamicType = ()> + serde::Serialize,
+{
+    let mut value = serde_json::to_value(object)?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), K::api_version(&()).into());
+        map.insert("kind".into(), K::kind(&()).into());
+    }
+    Ok(value)
+}

@@ -1,0 +1,453 @@
+//! Reconciliation of `DedupCluster` resources.
+//!
+//! Idempotent and declarative: compute the wanted children, apply them with server-side
+//! apply under one field manager, read the StatefulSet back, write the status, requeue.
+//! An invalid spec is not an error of the operator: it is reported in the `Degraded`
+//! condition (and an Event), and nothing is applied until the spec changes.
+//!
+//! The controller watches DedupClusters filtered to spec changes (generation), so its own
+//! status writes do not trigger it; StatefulSets it owns trigger it on any change, which
+//! is how ready replicas reach the status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::runtime::{predicates, reflector, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::builders;
+use crate::crd::{DedupCluster, DedupClusterStatus};
+use crate::metrics::Metrics;
+
+/// The one field manager of every apply.
+pub const FIELD_MANAGER: &str = "kafka-deduplicator-operator";
+/// How often a healthy cluster is reconciled without any change.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Errors of a reconcile; the variant name is the `error` label of the metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("serializing {kind}: {source}")]
+    Serialize {
+        kind: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the resource has no name, namespace or uid")]
+    MissingObjectKey,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Serialize { .. } => "serialize",
+            Error::MissingObjectKey => "missing_object_key",
+        }
+    }
+}
+
+/// What reconcile needs besides the resource.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+        }
+    }
+}
+
+pub async fn reconcile(cluster: Arc<DedupCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&cluster, &ctx).await;
+    ctx.metrics.observe_reconcile(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
+    result
+}
+
+async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action, Error> {
+    let namespace = cluster.namespace().ok_or(Error::MissingObjectKey)?;
+    let name = cluster.name_any();
+    let clusters: Api<DedupCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let previous = cluster.status.clone().unwrap_or_default();
+
+    if let Err(invalid) = cluster.spec.validate() {
+        tracing::warn!(%namespace, %name, %invalid, "invalid DedupCluster spec");
+        let status = invalid_status(cluster, &previous, &invalid.to_string());
+        if status != previous {
+            publish_event(
+                ctx,
+                cluster,
+                EventType::Warning,
+                "InvalidSpec",
+                &invalid.to_string(),
+            )
+            .await;
+        }
+        write_status(&clusters, &name, &status).await?;
+        // Nothing to retry: the next spec change triggers a reconcile.
+        return Ok(Action::await_change());
+    }
+
+    let owner = builders::owner_reference(cluster).ok_or(Error::MissingObjectKey)?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    apply(
+        &ctx.client,
+        &namespace,
+        &params,
+        &builders::config_map(cluster, &owner),
+    )
+    .await?;
+    apply(
+        &ctx.client,
+        &namespace,
+        &params,
+        &builders::service(cluster, &owner),
+    )
+    .await?;
+    let statefulset = apply(
+        &ctx.client,
+        &namespace,
+        &params,
+        &builders::stateful_set(cluster, &owner),
+    )
+    .await?;
+    apply(
+        &ctx.client,
+        &namespace,
+        &params,
+        &builders::pod_disruption_budget(cluster, &owner),
+    )
+    .await?;
+
+    ctx.metrics.note_success(&name);
+    let status = observed_status(cluster, &previous, &statefulset, Timestamp::now());
+    if status.conditions != previous.conditions {
+        let ready = condition(&status, "Ready").is_some_and(|c| c.status == "True");
+        let (kind, reason) = if ready {
+            (EventType::Normal, "Ready")
+        } else {
+            (EventType::Normal, "Progressing")
+        };
+        let note = format!(
+            "{} of {} replicas ready",
+            status.ready_replicas, cluster.spec.replicas
+        );
+        publish_event(ctx, cluster, kind, reason, &note).await;
+    }
+    if status != previous {
+        write_status(&clusters, &name, &status).await?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Server-side apply of one child, skipped when the live object already holds every
+/// field we set (fields the server defaulted do not count as a difference); returns the
+/// object as the server has it. Skipping keeps a steady-state reconcile free of writes.
+async fn apply<K>(
+    client: &Client,
+    namespace: &str,
+    params: &PatchParams,
+    object: &K,
+) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object.meta().name.clone().ok_or(Error::MissingObjectKey)?;
+    let body = builders::typed_json(object).map_err(|source| Error::Serialize {
+        kind: K::kind(&()).into_owned(),
+        source,
+    })?;
+    if let Some(live) = api.get_opt(&name).await? {
+        let live_json = serde_json::to_value(&live).map_err(|source| Error::Serialize {
+            kind: K::kind(&()).into_owned(),
+            source,
+        })?;
+        if is_subset(&body, &live_json) {
+            return Ok(live);
+        }
+    }
+    Ok(api.patch(&name, params, &Patch::Apply(&body)).await?)
+}
+
+/// Whether every field of `wanted` is in `live` with the same value (arrays element by
+/// element, same length).
+pub fn is_subset(wanted: &serde_json::Value, live: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (wanted, live) {
+        (Value::Object(w), Value::Object(l)) => w
+            .iter()
+            .all(|(k, v)| l.get(k).is_some_and(|lv| is_subset(v, lv))),
+        (Value::Array(w), Value::Array(l)) => {
+            w.len() == l.len() && w.iter().zip(l).all(|(wv, lv)| is_subset(wv, lv))
+        }
+        (w, l) => w == l,
+    }
+}
+
+async fn write_status(
+    api: &Api<DedupCluster>,
+    name: &str,
+    status: &DedupClusterStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn publish_event(
+    ctx: &Context,
+    cluster: &DedupCluster,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::debug!(%error, "publishing an event failed");
+    }
+}
+
+/// The status of a cluster whose spec is invalid: Degraded with the reason.
+pub fn invalid_status(
+    cluster: &DedupCluster,
+    previous: &DedupClusterStatus,
+    message: &str,
+) -> DedupClusterStatus {
+    let now = Timestamp::now();
+    let generation = cluster.metadata.generation;
+    let conditions = vec![
+        next_condition(
+            previous,
+            "Ready",
+            false,
+            "InvalidSpec",
+            message,
+            generation,
+            now,
+        ),
+        next_condition(
+            previous,
+            "Progressing",
+            false,
+            "InvalidSpec",
+            "waiting for a valid spec",
+            generation,
+            now,
+        ),
+        next_condition(
+            previous,
+            "Degraded",
+            true,
+            "InvalidSpec",
+            message,
+            generation,
+            now,
+        ),
+    ];
+    DedupClusterStatus {
+        conditions,
+        observed_generation: generation,
+        label_selector: Some(builders::selector_string(cluster)),
+        ..previous.clone()
+    }
+}
+
+/// The status of a valid cluster, from its StatefulSet as the server has it.
+pub fn observed_status(
+    cluster: &DedupCluster,
+    previous: &DedupClusterStatus,
+    statefulset: &StatefulSet,
+    now: Timestamp,
+) -> DedupClusterStatus {
+    let desired = cluster.spec.replicas;
+    let sts_status = statefulset.status.clone().unwrap_or_default();
+    let ready = sts_status.ready_replicas.unwrap_or(0);
+    let updated = sts_status.updated_replicas.unwrap_or(0);
+    let current = sts_status.replicas;
+    let sts_generation = statefulset.metadata.generation;
+    // The StatefulSet controller has not seen the latest template or scale yet.
+    let sts_behind = sts_status
+        .observed_generation
+        .is_none_or(|o| Some(o) < sts_generation);
+    let rolled_out = !sts_behind
+        && updated == desired
+        && current == desired
+        && sts_status.current_revision == sts_status.update_revision;
+    let generation = cluster.metadata.generation;
+
+    let is_ready = ready == desired && rolled_out;
+    let ready_message = format!("{ready} of {desired} replicas ready");
+    let (progress_reason, progress_message) = if rolled_out {
+        ("Stable", "every replica runs the current spec".to_string())
+    } else if current != desired {
+        ("Scaling", format!("{current} replicas, {desired} desired"))
+    } else {
+        (
+            "RollingOut",
+            format!("{updated} of {desired} replicas updated"),
+        )
+    };
+    let conditions = vec![
+        next_condition(
+            previous,
+            "Ready",
+            is_ready,
+            if is_ready {
+                "AllReplicasReady"
+            } else {
+                "ReplicasNotReady"
+            },
+            &ready_message,
+            generation,
+            now,
+        ),
+        next_condition(
+            previous,
+            "Progressing",
+            !rolled_out,
+            progress_reason,
+            &progress_message,
+            generation,
+            now,
+        ),
+        next_condition(
+            previous,
+            "Degraded",
+            false,
+            "AsExpected",
+            "spec is valid and applied",
+            generation,
+            now,
+        ),
+    ];
+    DedupClusterStatus {
+        replicas: current,
+        ready_replicas: ready,
+        label_selector: Some(builders::selector_string(cluster)),
+        observed_generation: generation,
+        conditions,
+    }
+}
+
+/// A condition whose `lastTransitionTime` changes only when its status flips.
+fn next_condition(
+    previous: &DedupClusterStatus,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = match condition(previous, type_) {
+        Some(old) if old.status == status => old.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+pub fn condition<'a>(status: &'a DedupClusterStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Retry a failed reconcile with a backoff that grows with consecutive failures (held in
+/// the metrics' per-object error counts), from 5 s to 5 min.
+pub fn error_policy(cluster: Arc<DedupCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.metrics.note_failure(&cluster.name_any());
+    tracing::warn!(name = %cluster.name_any(), %error, failures, "reconcile failed");
+    Action::requeue(backoff(failures))
+}
+
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << failures.saturating_sub(1).min(6)))
+        .min(Duration::from_secs(300))
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let clusters: Api<DedupCluster> = Api::all(client.clone());
+    let statefulsets: Api<StatefulSet> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    // Only spec changes (generation) of DedupClusters: status writes do not re-trigger.
+    let cluster_changes = watcher(clusters, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let ctx = Arc::new(Context::new(client, Arc::clone(&metrics)));
+    Controller::for_stream(cluster_changes, reader)
+        .owns(statefulsets, watcher::Config::default())
+        .owns(
+            Api::<ConfigMap>::all(ctx.client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<Service>::all(ctx.client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<PodDisruptionBudget>::all(ctx.client.clone()),
+            watcher::Config::default(),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile stream error"),
+            }
+        })
+        .await;
+}

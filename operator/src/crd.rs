@@ -1,0 +1,398 @@
+//! The `DedupCluster` custom resource (`kafka-deduplicator.dev/v1alpha1`).
+//!
+//! Field doc comments become the descriptions `kubectl explain dedupcluster.spec` shows;
+//! what the schema can check (required fields, ranges, duration and quantity formats) it
+//! checks at admission. [`DedupClusterSpec::validate`] covers what it cannot, and the
+//! controller reports its findings in the `Degraded` condition.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A cluster of deduplicator pods consuming one Kafka topic as one consumer group, with
+/// per-partition RocksDB state on each pod's volume and checkpoints in S3.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kafka-deduplicator.dev",
+    version = "v1alpha1",
+    kind = "DedupCluster",
+    plural = "dedupclusters",
+    shortname = "dedup",
+    namespaced,
+    status = "DedupClusterStatus",
+    derive = "Default",
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.labelSelector"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Condition","type":"string","jsonPath":".status.conditions[?(@.status==\"True\")].type"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DedupClusterSpec {
+    /// Number of deduplicator pods. The consumer group spreads the input topic's
+    /// partitions over them; more pods than partitions leaves pods idle.
+    /// Change it with `kubectl scale dedup/NAME --replicas=N`.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// Container image holding the `deduplicator` and `restorer` binaries.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// Image pull policy of both containers (Always, IfNotPresent, Never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^(Always|IfNotPresent|Never)$"))]
+    pub image_pull_policy: Option<String>,
+
+    /// Where events come from and go to.
+    pub kafka: KafkaSpec,
+
+    /// Deduplication settings.
+    #[serde(default)]
+    pub dedup: DedupSpec,
+
+    /// The volume each pod keeps its partition stores and local checkpoints on.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// Checkpoint policy: how often stores are snapshotted and where they are kept.
+    pub checkpoint: CheckpointSpec,
+
+    /// CPU and memory of the deduplicator container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node labels the pods must run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// Pod affinity and anti-affinity rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Seconds a pod has after SIGTERM to drain, commit and checkpoint (default 60).
+    /// The deduplicator's own shutdown bound is set 5 seconds below it.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 10))]
+    pub termination_grace_period_seconds: i64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// Bootstrap servers, comma-separated host:port.
+    #[schemars(length(min = 1))]
+    pub bootstrap_servers: String,
+
+    /// The topic to deduplicate. Key it by something copies of an event share (e.g.
+    /// token:distinct_id): only copies in the same partition are caught.
+    #[schemars(pattern(r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub input_topic: String,
+
+    /// Topic unique events are published to. Unset: deduplicate and count only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub output_topic: Option<String>,
+
+    /// Topic malformed messages are routed to. Unset: they pass through to the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub dead_letter_topic: Option<String>,
+
+    /// Consumer group id (default: the DedupCluster's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub consumer_group: Option<String>,
+
+    /// Extra librdkafka properties for consumer and producer, e.g.
+    /// `security.protocol: SASL_SSL`, `sasl.mechanism: SCRAM-SHA-512`.
+    /// Credentials do not belong here: use `credentialsSecret`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+
+    /// Name of a Secret in the same namespace with keys `username` and `password`,
+    /// passed to the deduplicator as SASL credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DedupSpec {
+    /// Keys older than this by event time are forgotten (e.g. 24h, 7d; 0 = never).
+    /// Default 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^([0-9]+(ms|s|m|h|d)|0)$"))]
+    pub window: Option<String>,
+
+    /// Most bytes each partition store may hold, oldest keys evicted beyond it
+    /// (e.g. 512MiB, 10GB; 0 = unlimited). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]+ ?([KMGT]i?B|[kmgt]i?b|B|b)?$"))]
+    pub max_store_capacity: Option<String>,
+
+    /// Messages in flight per pod (received, outcome not yet final). Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_in_flight_messages: Option<i32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each pod's volume (a Kubernetes quantity, e.g. 20Gi). Default 10Gi.
+    #[serde(default = "default_storage_size")]
+    #[schemars(pattern(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub size: String,
+
+    /// StorageClass of the volumes (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSpec {
+    /// Time between checkpoints of each partition store. Default 300s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^([0-9]+(ms|s|m|h|d)|0)$"))]
+    pub interval: Option<String>,
+
+    /// Every N-th upload is full (all files sent again); the others are incremental.
+    /// Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub full_upload_interval: Option<i32>,
+
+    /// Checkpoints kept on each pod's volume. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub local_retention: Option<i32>,
+
+    /// Checkpoints kept in S3 per partition (older ones are garbage-collected).
+    /// Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub remote_retention: Option<i32>,
+
+    /// Where checkpoints are uploaded.
+    pub s3: S3Spec,
+
+    /// Name of a Secret in the same namespace whose keys are set as environment
+    /// variables of both containers: the standard AWS ones (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, optionally AWS_SESSION_TOKEN). Unset: the pod's own AWS
+    /// identity (e.g. IRSA) is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    /// Bucket holding the checkpoints.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+
+    /// Key prefix under the bucket. Default deduplication-checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+
+    /// AWS region of the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+
+    /// Endpoint of an S3-compatible store (path-style addressing), e.g.
+    /// http://minio.storage:9000. Unset: AWS S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^https?://.+"))]
+    pub endpoint: Option<String>,
+}
+
+/// What the operator observed of the cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DedupClusterStatus {
+    /// Pods the StatefulSet has (scale subresource).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods that are ready: joined the group with every assigned store open.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the pods, as a string (scale subresource, for autoscalers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The defaults a spec gets from the schema and serde; Kafka and S3 fields, which have
+/// none, are empty (and invalid).
+impl Default for DedupClusterSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            image: default_image(),
+            image_pull_policy: None,
+            kafka: KafkaSpec::default(),
+            dedup: DedupSpec::default(),
+            storage: StorageSpec::default(),
+            checkpoint: CheckpointSpec::default(),
+            resources: None,
+            node_selector: None,
+            tolerations: None,
+            affinity: None,
+            termination_grace_period_seconds: default_grace(),
+        }
+    }
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+fn default_image() -> String {
+    "kafka-deduplicator:0.1.0".into()
+}
+
+fn default_storage_size() -> String {
+    "10Gi".into()
+}
+
+fn default_grace() -> i64 {
+    60
+}
+
+/// A spec problem the schema could not catch: which field and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec.{field}: {message}")]
+pub struct InvalidSpec {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl DedupClusterSpec {
+    /// Checks what the CRD schema cannot express (or what a server without the schema
+    /// would let through).
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
+        let invalid = |field, message: String| Err(InvalidSpec { field, message });
+        if self.replicas < 0 {
+            return invalid("replicas", format!("{} is negative", self.replicas));
+        }
+        if self.image.trim().is_empty() {
+            return invalid("image", "must not be empty".into());
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return invalid("kafka.bootstrapServers", "must not be empty".into());
+        }
+        for (field, topic) in [
+            ("kafka.inputTopic", Some(&self.kafka.input_topic)),
+            ("kafka.outputTopic", self.kafka.output_topic.as_ref()),
+            (
+                "kafka.deadLetterTopic",
+                self.kafka.dead_letter_topic.as_ref(),
+            ),
+        ] {
+            if let Some(topic) = topic {
+                if !valid_topic(topic) {
+                    return invalid(field, format!("`{topic}` is not a Kafka topic name ([a-zA-Z0-9._-], 1 to 249 characters)"));
+                }
+            }
+        }
+        if Some(&self.kafka.input_topic) == self.kafka.output_topic.as_ref() {
+            return invalid(
+                "kafka.outputTopic",
+                "must differ from kafka.inputTopic, or every event would be consumed again".into(),
+            );
+        }
+        for key in self.kafka.properties.keys() {
+            if matches!(
+                key.as_str(),
+                "bootstrap.servers"
+                    | "group.id"
+                    | "group.instance.id"
+                    | "sasl.password"
+                    | "sasl.username"
+                    | "enable.auto.offset.store"
+            ) {
+                return invalid("kafka.properties", format!("`{key}` is set by the operator (use the dedicated field or credentialsSecret)"));
+            }
+        }
+        for (field, value) in [
+            ("dedup.window", &self.dedup.window),
+            ("checkpoint.interval", &self.checkpoint.interval),
+        ] {
+            if let Some(value) = value {
+                if let Err(message) = dedup_core::config::parse_duration(value) {
+                    return invalid(field, message);
+                }
+            }
+        }
+        if let Some(capacity) = &self.dedup.max_store_capacity {
+            if let Err(message) = dedup_core::config::parse_bytes(capacity) {
+                return invalid("dedup.maxStoreCapacity", message);
+            }
+        }
+        if !valid_quantity(&self.storage.size) {
+            return invalid(
+                "storage.size",
+                format!("`{}` is not a quantity (e.g. 10Gi)", self.storage.size),
+            );
+        }
+        if self.checkpoint.s3.bucket.trim().len() < 3 {
+            return invalid(
+                "checkpoint.s3.bucket",
+                "must be a bucket name of 3 to 63 characters".into(),
+            );
+        }
+        if self.termination_grace_period_seconds < 10 {
+            return invalid(
+                "terminationGracePeriodSeconds",
+                "must be at least 10 (drain, commit and checkpoint need time)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn valid_topic(topic: &str) -> bool {
+    (1..=249).contains(&topic.len())
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn valid_quantity(text: &str) -> bool {
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(number_end);
+    !number.is_empty()
+        && number.parse::<f64>().is_ok()
+        && [
+            "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+        ]
+        .contains(&suffix)
+}

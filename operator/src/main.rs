@@ -1,0 +1,109 @@
+//! `operator`: `operator crd` prints the CustomResourceDefinition; `operator run` (the
+//! default) runs the controller with /metrics and /healthz on HTTP_BIND.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use dedup_core::http::{self, parse_bind_address, Health};
+use dedup_core::telemetry::{self, LogFormat};
+use prometheus_client::registry::Registry;
+
+#[derive(Parser)]
+#[command(name = "operator", version, about = "Kafka Deduplicator operator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the DedupCluster CustomResourceDefinition as YAML.
+    Crd,
+    /// Run the controller (the default).
+    Run(RunArgs),
+}
+
+#[derive(Parser, Clone)]
+struct RunArgs {
+    /// Address of the HTTP port serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0:8080", value_parser = parse_bind_address)]
+    http_bind: SocketAddr,
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Crd) => {
+            return match operator::crd_yaml() {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: cannot render the CRD: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Run(args)) => args,
+        None => RunArgs::parse_from(["operator"]),
+    };
+    telemetry::init(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "operator failed");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let client = kube::Client::try_default().await?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(operator::metrics::Metrics::new(&mut registry));
+    let health = Health::default();
+    let listener = http::bind(args.http_bind)
+        .await
+        .map_err(|e| format!("cannot bind HTTP_BIND {}: {e}", args.http_bind))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve(listener, Arc::new(registry), health, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!("operator started");
+    operator::controller::run(client, metrics, shutdown_signal()).await;
+    let _ = stop.send(());
+    let _ = server.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

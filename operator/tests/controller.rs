@@ -1,0 +1,306 @@
+//! The controller against kube-fake-client's in-memory API server: children, scale,
+//! spec changes, status from the StatefulSet, invalid specs, idempotence.
+
+mod fixtures;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use kube_fake_client::ClientBuilder;
+use operator::controller::{condition, reconcile, Context};
+use operator::crd::DedupCluster;
+use operator::metrics::Metrics;
+use prometheus_client::registry::Registry;
+
+use fixtures::NAMESPACE;
+
+async fn fake_client() -> Client {
+    ClientBuilder::new()
+        .with_resource::<DedupCluster>()
+        .with_status_subresource::<DedupCluster>()
+        .with_status_subresource::<StatefulSet>()
+        .build()
+        .await
+        .expect("fake client")
+}
+
+struct Harness {
+    clusters: Api<DedupCluster>,
+    statefulsets: Api<StatefulSet>,
+    ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
+}
+
+impl Harness {
+    async fn new(cluster: DedupCluster) -> Self {
+        let client = fake_client().await;
+        let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), NAMESPACE);
+        let mut cluster = cluster;
+        cluster.metadata.uid = None;
+        cluster.metadata.generation = None;
+        clusters
+            .create(&PostParams::default(), &cluster)
+            .await
+            .expect("create DedupCluster");
+        let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+        Self {
+            statefulsets: Api::namespaced(client.clone(), NAMESPACE),
+            ctx: Arc::new(Context::new(client, Arc::clone(&metrics))),
+            clusters,
+            metrics,
+        }
+    }
+
+    async fn current(&self) -> DedupCluster {
+        self.clusters.get("prod").await.expect("get DedupCluster")
+    }
+
+    async fn reconcile(&self) {
+        let cluster = self.current().await;
+        reconcile(Arc::new(cluster), Arc::clone(&self.ctx))
+            .await
+            .expect("reconcile");
+    }
+
+    async fn patch_spec(&self, patch: serde_json::Value) {
+        self.clusters
+            .patch(
+                "prod",
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({ "spec": patch })),
+            )
+            .await
+            .expect("patch spec");
+    }
+
+    async fn statefulset(&self) -> StatefulSet {
+        self.statefulsets
+            .get("prod")
+            .await
+            .expect("StatefulSet exists")
+    }
+
+    fn client(&self) -> Client {
+        self.ctx.client.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_dedup_cluster_gets_its_children_with_owner_references() {
+    let h = Harness::new(fixtures::full()).await;
+    h.reconcile().await;
+    let uid = h.current().await.uid().expect("uid assigned by the API");
+
+    let cm: ConfigMap = Api::namespaced(h.client(), NAMESPACE)
+        .get("prod-config")
+        .await
+        .unwrap();
+    let svc: Service = Api::namespaced(h.client(), NAMESPACE)
+        .get("prod")
+        .await
+        .unwrap();
+    let pdb: PodDisruptionBudget = Api::namespaced(h.client(), NAMESPACE)
+        .get("prod")
+        .await
+        .unwrap();
+    let sts = h.statefulset().await;
+    for owners in [
+        cm.owner_references(),
+        svc.owner_references(),
+        pdb.owner_references(),
+        sts.owner_references(),
+    ] {
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].uid, uid);
+        assert_eq!(owners[0].kind, "DedupCluster");
+        assert_eq!(owners[0].controller, Some(true));
+    }
+    assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(3));
+
+    let status = h.current().await.status.expect("status written");
+    assert_eq!(
+        status.label_selector.as_deref(),
+        Some("app.kubernetes.io/instance=prod,app.kubernetes.io/name=kafka-deduplicator")
+    );
+    assert_eq!(
+        status.observed_generation,
+        h.current().await.metadata.generation
+    );
+    assert_eq!(condition(&status, "Ready").unwrap().status, "False");
+    assert_eq!(condition(&status, "Degraded").unwrap().status, "False");
+    assert_eq!(
+        h.metrics
+            .reconciles
+            .get_or_create(&operator::metrics::ResultLabels { result: "ok" })
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn scaling_changes_only_the_replicas() {
+    let h = Harness::new(fixtures::full()).await;
+    h.reconcile().await;
+    let before = h.statefulset().await.spec.unwrap();
+    // What `kubectl scale dedup/prod --replicas=5` does through the scale subresource.
+    h.patch_spec(serde_json::json!({"replicas": 5})).await;
+    h.reconcile().await;
+    let after = h.statefulset().await.spec.unwrap();
+    assert_eq!(after.replicas, Some(5));
+    assert_eq!(
+        serde_json::to_value(&before.template).unwrap(),
+        serde_json::to_value(&after.template).unwrap(),
+        "no pod template change, so no rolling restart"
+    );
+}
+
+#[tokio::test]
+async fn a_spec_change_rolls_the_pods() {
+    let h = Harness::new(fixtures::full()).await;
+    h.reconcile().await;
+    let hash = |sts: &StatefulSet| {
+        sts.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[operator::builders::CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    let before = hash(&h.statefulset().await);
+    h.patch_spec(serde_json::json!({"dedup": {"window": "72h"}}))
+        .await;
+    h.reconcile().await;
+    let sts = h.statefulset().await;
+    assert_ne!(
+        hash(&sts),
+        before,
+        "the template changes, so the StatefulSet rolls"
+    );
+    let cm: ConfigMap = Api::namespaced(h.client(), NAMESPACE)
+        .get("prod-config")
+        .await
+        .unwrap();
+    assert_eq!(cm.data.unwrap()["DEDUP_WINDOW"], "72h");
+}
+
+#[tokio::test]
+async fn status_and_conditions_follow_the_statefulset() {
+    let h = Harness::new(fixtures::full()).await;
+    h.reconcile().await;
+    let first = h.current().await.status.unwrap();
+    let ready_since = condition(&first, "Ready")
+        .unwrap()
+        .last_transition_time
+        .clone();
+    let degraded_since = condition(&first, "Degraded")
+        .unwrap()
+        .last_transition_time
+        .clone();
+    assert_eq!(condition(&first, "Progressing").unwrap().status, "True");
+
+    // The StatefulSet controller brings every pod up.
+    let generation = h.statefulset().await.metadata.generation;
+    let status = serde_json::json!({"status": {
+        "replicas": 3, "readyReplicas": 3, "updatedReplicas": 3, "availableReplicas": 3,
+        "currentRevision": "prod-1", "updateRevision": "prod-1",
+        "observedGeneration": generation.unwrap_or(1)
+    }});
+    h.statefulsets
+        .patch_status("prod", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("StatefulSet status");
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await; // timestamps have 1 s resolution
+    h.reconcile().await;
+
+    let now = h.current().await.status.unwrap();
+    assert_eq!((now.replicas, now.ready_replicas), (3, 3));
+    let ready = condition(&now, "Ready").unwrap();
+    assert_eq!(ready.status, "True");
+    assert_ne!(ready.last_transition_time, ready_since, "Ready flipped");
+    assert_eq!(condition(&now, "Progressing").unwrap().status, "False");
+    let degraded = condition(&now, "Degraded").unwrap();
+    assert_eq!(degraded.status, "False");
+    assert_eq!(
+        degraded.last_transition_time, degraded_since,
+        "Degraded did not flip"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_as_degraded_without_children() {
+    let mut cluster = fixtures::minimal();
+    cluster.spec.kafka.output_topic = Some("events".into()); // same as the input
+    let h = Harness::new(cluster).await;
+    h.reconcile().await;
+    let status = h.current().await.status.expect("status written");
+    let degraded = condition(&status, "Degraded").unwrap();
+    assert_eq!(degraded.status, "True");
+    assert_eq!(degraded.reason, "InvalidSpec");
+    assert!(
+        degraded.message.contains("spec.kafka.outputTopic"),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        h.statefulsets.get_opt("prod").await.unwrap().is_none(),
+        "nothing applied"
+    );
+
+    // Fixing the spec clears it.
+    h.patch_spec(serde_json::json!({"kafka": {"outputTopic": "events_out"}}))
+        .await;
+    h.reconcile().await;
+    let status = h.current().await.status.unwrap();
+    assert_eq!(condition(&status, "Degraded").unwrap().status, "False");
+    assert!(h.statefulsets.get_opt("prod").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn reconciling_twice_changes_nothing_the_second_time() {
+    let h = Harness::new(fixtures::full()).await;
+    h.reconcile().await;
+    let versions = |h: &Harness| {
+        let client = h.client();
+        async move {
+            let cm: ConfigMap = Api::namespaced(client.clone(), NAMESPACE)
+                .get("prod-config")
+                .await
+                .unwrap();
+            let svc: Service = Api::namespaced(client.clone(), NAMESPACE)
+                .get("prod")
+                .await
+                .unwrap();
+            let pdb: PodDisruptionBudget = Api::namespaced(client.clone(), NAMESPACE)
+                .get("prod")
+                .await
+                .unwrap();
+            let sts: StatefulSet = Api::namespaced(client.clone(), NAMESPACE)
+                .get("prod")
+                .await
+                .unwrap();
+            let dc: DedupCluster = Api::namespaced(client, NAMESPACE)
+                .get("prod")
+                .await
+                .unwrap();
+            [
+                cm.resource_version(),
+                svc.resource_version(),
+                pdb.resource_version(),
+                sts.resource_version(),
+                dc.resource_version(),
+            ]
+        }
+    };
+    let first = versions(&h).await;
+    h.reconcile().await;
+    assert_eq!(versions(&h).await, first);
+}
