@@ -11,27 +11,23 @@
 //! behind it) are replayed into the store without being published: they were published
 //! before, and the store must learn their keys.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dedup_core::event;
 use dedup_core::store::{Outcome, PartitionStore};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use crate::message_tracker::{AckableMessage, PartitionTracker, Reservation};
 use crate::metrics::{MalformedLabels, PartitionLabels};
 use crate::pipeline::Pipeline;
 use crate::publisher::Target;
 use crate::rebalance_handler::{DedupConsumer, PartitionQueue};
-
-type Delivery = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How a worker ended: the next offset to commit, if it moved.
 #[derive(Debug, Clone, Copy)]
@@ -56,52 +52,69 @@ impl PartitionWorker {
     /// consumer's main queue.
     pub async fn run(self, mut stray: mpsc::UnboundedReceiver<OwnedMessage>) -> WorkerExit {
         let mut fence = self.fence.clone();
-        let mut deliveries: FuturesUnordered<Delivery> = FuturesUnordered::new();
+        // Deliveries run as their own tasks: they complete (and give back in-flight room)
+        // even while this task waits for room itself.
+        let mut deliveries: JoinSet<()> = JoinSet::new();
         let mut stored: Option<i64> = None;
         let batch_size = self.pipeline.config.batch_size as usize;
         loop {
-            tokio::select! {
+            let first = tokio::select! {
                 biased;
                 _ = fenced(&mut fence) => break,
-                Some(()) = deliveries.next(), if !deliveries.is_empty() => {}
-                Some(message) = stray.recv() => {
-                    let reservation = self.pipeline.tracker.reserve().await;
-                    self.process(vec![(reservation, message)], &mut deliveries).await;
+                Some(done) = deliveries.join_next(), if !deliveries.is_empty() => {
+                    if let Err(error) = done {
+                        // Its message was dropped unacked: counted, and never committed.
+                        tracing::error!(partition = self.partition, %error, "a delivery task failed");
+                    }
+                    None
                 }
-                (reservation, first) = receive(&self.pipeline, &self.queue) => {
-                    let mut batch = Vec::with_capacity(batch_size);
-                    if let Some(message) = self.detach(first) {
+                Some(message) = stray.recv() => Some(message),
+                received = self.queue.recv() => self.detach(received),
+            };
+            if let Some(first) = first {
+                // Room for the message, unless the partition is fenced first: then it was
+                // never tracked, nothing after it is committed, and the next owner gets it.
+                let reservation = tokio::select! {
+                    biased;
+                    _ = fenced(&mut fence) => break,
+                    reservation = self.pipeline.tracker.reserve() => reservation,
+                };
+                let mut batch = Vec::with_capacity(batch_size);
+                batch.push((reservation, first));
+                while batch.len() < batch_size {
+                    let Some(reservation) = self.pipeline.tracker.try_reserve() else {
+                        break;
+                    };
+                    let Some(next) = self.queue.recv().now_or_never() else {
+                        break;
+                    };
+                    if let Some(message) = self.detach(next) {
                         batch.push((reservation, message));
                     }
-                    while batch.len() < batch_size {
-                        let Some(reservation) = self.pipeline.tracker.try_reserve() else { break };
-                        let Some(next) = self.queue.recv().now_or_never() else { break };
-                        if let Some(message) = self.detach(next) {
-                            batch.push((reservation, message));
-                        }
-                    }
-                    if !batch.is_empty() {
-                        self.process(batch, &mut deliveries).await;
-                    }
                 }
+                self.process(batch, &mut deliveries).await;
             }
             self.store_committable(&mut stored);
         }
 
         // Fenced: take nothing new, let in-flight deliveries finish within the bound.
-        let drain = tokio::time::sleep(self.pipeline.config.rebalance_drain_timeout);
-        tokio::pin!(drain);
+        let deadline = tokio::time::Instant::now() + self.pipeline.config.rebalance_drain_timeout;
         while !deliveries.is_empty() {
-            tokio::select! {
-                _ = deliveries.next() => self.store_committable(&mut stored),
-                _ = &mut drain => {
-                    tracing::warn!(partition = self.partition, abandoned = deliveries.len(),
-                        "drain timed out; in-flight messages will be redelivered to the next owner");
+            match tokio::time::timeout_at(deadline, deliveries.join_next()).await {
+                Ok(_) => self.store_committable(&mut stored),
+                Err(_) => {
+                    tracing::warn!(
+                        partition = self.partition,
+                        abandoned = deliveries.len(),
+                        "drain timed out; in-flight messages will be redelivered to the next owner"
+                    );
+                    // Dropping them is abandonment (the tracker is fenced), not loss: their
+                    // offsets are never committed.
+                    deliveries.shutdown().await;
                     break;
                 }
             }
         }
-        drop(deliveries);
         self.store_committable(&mut stored);
         WorkerExit {
             committable: self.tracker.committable(),
@@ -122,11 +135,7 @@ impl PartitionWorker {
         }
     }
 
-    async fn process(
-        &self,
-        batch: Vec<(Reservation, OwnedMessage)>,
-        deliveries: &mut FuturesUnordered<Delivery>,
-    ) {
+    async fn process(&self, batch: Vec<(Reservation, OwnedMessage)>, deliveries: &mut JoinSet<()>) {
         let metrics = &self.pipeline.metrics;
         metrics.messages_in.inc_by(batch.len() as u64);
         let Some(last_offset) = batch.last().map(|(_, m)| m.offset()) else {
@@ -204,12 +213,12 @@ impl PartitionWorker {
                 None => ackable.ack(), // no output topic: deduplicate and count only
                 Some(first) => {
                     let publisher = Arc::clone(publisher);
-                    deliveries.push(Box::pin(async move {
+                    deliveries.spawn(async move {
                         match publisher.deliver(&message, target, first).await {
                             crate::publisher::Delivered::Output => ackable.ack(),
                             crate::publisher::Delivered::DeadLetter => ackable.nack(),
                         }
-                    }));
+                    });
                 }
             }
         }
@@ -284,16 +293,4 @@ impl PartitionWorker {
 async fn fenced(fence: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send: drop it here, not in the caller.
     let _ = fence.wait_for(|fenced| *fenced).await;
-}
-
-/// Room for one more message, then the next message of the partition.
-async fn receive<'q>(
-    pipeline: &Pipeline,
-    queue: &'q PartitionQueue,
-) -> (
-    Reservation,
-    Result<rdkafka::message::BorrowedMessage<'q>, rdkafka::error::KafkaError>,
-) {
-    let reservation = pipeline.tracker.reserve().await;
-    (reservation, queue.recv().await)
 }

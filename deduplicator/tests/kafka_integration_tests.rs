@@ -443,3 +443,32 @@ fn without_output_topic_it_counts_only() {
     assert_eq!(dedup.metric("dedup_published_total"), 0.0);
     assert!(dedup.terminate().success());
 }
+
+#[test]
+fn an_in_flight_bound_below_the_partition_count_does_not_starve_busy_partitions() {
+    // Idle partitions must not hold in-flight room while they wait for messages.
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", 8);
+    let output = kafka.topic("out", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<GenEvent> = generate(500, 10, 1, 8, "t8")
+        .into_iter()
+        .map(|e| GenEvent { partition: 3, ..e })
+        .collect();
+    kafka.produce(
+        &input,
+        &events.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+    );
+    let mut dedup = DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join("store"))
+        .env("MAX_IN_FLIGHT_MESSAGES", "2")
+        .spawn(dir.path(), "dedup");
+    let uniques = unique_keys(&events).len();
+    dedup.wait_until("all published through a bound of 2", WAIT, |d| {
+        d.metric("dedup_published_total") >= uniques as f64
+            && d.metric("dedup_committed_offset") >= 500.0 - 0.5
+    });
+    assert!(dedup.terminate().success());
+    let published = kafka.read_all(&output, 1, uniques, Duration::from_secs(1));
+    assert_eq!(published.len(), uniques);
+    assert_eq!(verify_no_loss(&events, &published), 0);
+}
