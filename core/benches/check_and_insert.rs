@@ -108,6 +108,7 @@ fn bench_store(c: &mut Criterion) {
             dedup_window: Duration::ZERO,
             max_capacity_bytes: 0,
             wal,
+            ..StoreSettings::default()
         };
         let store = PartitionStore::open(
             dir.path().join("bench_0"),

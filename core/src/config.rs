@@ -24,6 +24,7 @@ pub mod env {
     pub const STORE_WAL: &str = "STORE_WAL";
     pub const STORE_BLOCK_CACHE_BYTES: &str = "STORE_BLOCK_CACHE_BYTES";
     pub const STORE_WRITE_BUFFER_BYTES: &str = "STORE_WRITE_BUFFER_BYTES";
+    pub const STORE_RECENT_KEYS: &str = "STORE_RECENT_KEYS";
     pub const POD_NAME: &str = "POD_NAME";
     pub const HTTP_BIND: &str = "HTTP_BIND";
     pub const LOG_FORMAT: &str = "LOG_FORMAT";

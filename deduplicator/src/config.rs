@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, env = env::STORE_WRITE_BUFFER_BYTES, default_value = "64MiB", value_parser = parse_bytes)]
     pub store_write_buffer_bytes: u64,
 
+    /// Keys kept in memory per partition store so that duplicates of recent events are
+    /// answered without a RocksDB lookup (about 64 bytes each; 0 disables).
+    #[arg(long, env = env::STORE_RECENT_KEYS, default_value_t = StoreSettings::DEFAULT_RECENT_KEYS)]
+    pub store_recent_keys: usize,
+
     /// This pod's name: the consumer's `group.instance.id` (static membership), so a
     /// restarted pod gets its partitions back without a group-wide rebalance.
     #[arg(long, env = env::POD_NAME)]
@@ -182,6 +187,7 @@ impl Config {
             dedup_window: self.dedup_window,
             max_capacity_bytes: self.max_store_capacity,
             wal: self.store_wal,
+            recent_keys: self.store_recent_keys,
         }
     }
 

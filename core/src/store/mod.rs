@@ -15,11 +15,13 @@
 //! [`PartitionStore::enforce_retention`] from a background task.
 
 mod options;
+mod recent_keys;
 mod retention;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::statistics::Ticker;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, FlushOptions, WriteBatch, WriteOptions, DB};
@@ -64,6 +66,7 @@ pub enum StoreError {
 /// The deduplication state of one Kafka partition.
 pub struct PartitionStore {
     db: DB,
+    recent: Mutex<recent_keys::RecentKeys>,
     path: PathBuf,
     settings: StoreSettings,
     /// Kept for its statistics object, which the open database shares.
@@ -99,6 +102,7 @@ impl PartitionStore {
         write_opts.disable_wal(!settings.wal);
         let store = Self {
             db,
+            recent: Mutex::new(recent_keys::RecentKeys::new(settings.recent_keys)),
             path,
             settings: settings.clone(),
             db_opts,
@@ -141,19 +145,28 @@ impl PartitionStore {
             })
             .collect();
 
+        // Recently seen keys are answered from memory; the rest in one multi-get.
+        let mut recent = self.recent();
+        let mut stored_offsets: Vec<Option<i64>> = first_positions
+            .iter()
+            .map(|&p| recent.get(&batch[p].0))
+            .collect();
+        let misses: Vec<usize> = (0..first_positions.len())
+            .filter(|&slot| stored_offsets[slot].is_none())
+            .collect();
         let keys_cf = self.cf(KEYS_CF)?;
         let found = self.db.batched_multi_get_cf(
             keys_cf,
-            first_positions.iter().map(|&position| &batch[position].0),
+            misses.iter().map(|&slot| &batch[first_positions[slot]].0),
             false,
         );
-        let mut stored_offsets: Vec<Option<i64>> = Vec::with_capacity(found.len());
-        for value in found {
+        for (&slot, value) in misses.iter().zip(found) {
             let value = value.map_err(|source| self.rocks_err(source))?;
-            stored_offsets.push(match value {
-                Some(bytes) => Some(self.decode_offset(&bytes)?),
-                None => None,
-            });
+            if let Some(bytes) = value {
+                let offset = self.decode_offset(&bytes)?;
+                stored_offsets[slot] = Some(offset);
+                recent.insert(batch[first_positions[slot]].0, offset);
+            }
         }
 
         let mut write = WriteBatch::default();
@@ -180,6 +193,12 @@ impl PartitionStore {
         self.db
             .write_opt(write, &self.write_opts)
             .map_err(|source| self.rocks_err(source))?;
+        // Only once the keys are written: the cache never knows more than the store.
+        for (slot, &position) in first_positions.iter().enumerate() {
+            if stored_offsets[slot].is_none() {
+                recent.insert(batch[position].0, batch[position].1);
+            }
+        }
         Ok(outcomes)
     }
 
@@ -277,6 +296,12 @@ impl PartitionStore {
                 found: format!("{bytes:02x?}"),
             }),
         }
+    }
+
+    fn recent(&self) -> MutexGuard<'_, recent_keys::RecentKeys> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {

@@ -35,11 +35,18 @@ pub struct StoreSettings {
     /// records keys and next offset in one batch and flushes them atomically, so after a
     /// crash it reopens at an earlier consistent point and catch-up replay fills the gap.
     pub wal: bool,
+    /// Keys kept in memory per store to answer duplicates of recent events without a
+    /// RocksDB lookup (`STORE_RECENT_KEYS`, default 65536, about 4 MiB; 0 disables).
+    pub recent_keys: usize,
 }
 
 /// After a capacity eviction the store aims at this fraction of `MAX_STORE_CAPACITY`,
 /// so that evictions come in chunks rather than on every batch.
 pub const CAPACITY_LOW_WATERMARK: f64 = 0.9;
+
+impl StoreSettings {
+    pub const DEFAULT_RECENT_KEYS: usize = 65_536;
+}
 
 impl Default for StoreSettings {
     fn default() -> Self {
@@ -47,6 +54,7 @@ impl Default for StoreSettings {
             dedup_window: Duration::from_secs(24 * 3600),
             max_capacity_bytes: 0,
             wal: false,
+            recent_keys: Self::DEFAULT_RECENT_KEYS,
         }
     }
 }

@@ -17,11 +17,14 @@ fn key(ts: i64, distinct_id: &str) -> StoredKey {
     .stored()
 }
 
+/// No retention; a recent-keys cache far smaller than the tests' key spaces, so that
+/// answers from the cache, from RocksDB and after cache eviction are all exercised.
 fn unlimited() -> StoreSettings {
     StoreSettings {
         dedup_window: Duration::ZERO,
         max_capacity_bytes: 0,
         wal: false,
+        recent_keys: 8,
     }
 }
 
