@@ -35,6 +35,11 @@ pub struct KindLabels {
 pub struct Metrics {
     pub messages_in: Counter,
     pub events: Family<OutcomeLabels, Counter>,
+    /// The `events` counters of each outcome, resolved once: they are counted per
+    /// message, and a cloned counter shares its value.
+    pub unique: Counter,
+    pub duplicate: Counter,
+    pub redelivery: Counter,
     pub malformed: Family<MalformedLabels, Counter>,
     pub published: Counter,
     pub dead_lettered: Counter,
@@ -56,9 +61,19 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
+        let events: Family<OutcomeLabels, Counter> = Family::default();
+        let outcome = |outcome| events.get_or_create(&OutcomeLabels { outcome }).clone();
+        let (unique, duplicate, redelivery) = (
+            outcome("unique"),
+            outcome("duplicate"),
+            outcome("redelivery"),
+        );
         let metrics = Self {
             messages_in: Counter::default(),
-            events: Family::default(),
+            events,
+            unique,
+            duplicate,
+            redelivery,
             malformed: Family::default(),
             published: Counter::default(),
             dead_lettered: Counter::default(),
@@ -175,9 +190,5 @@ impl Metrics {
             metrics.committed_offset.clone(),
         );
         metrics
-    }
-
-    pub fn event(&self, outcome: &'static str) {
-        self.events.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 }

@@ -166,15 +166,15 @@ impl PartitionWorker {
             let target = match key {
                 Ok(_) => match outcomes.next() {
                     Some(Outcome::Unique) => {
-                        metrics.event("unique");
+                        metrics.unique.inc();
                         Some(Target::Output)
                     }
                     Some(Outcome::Redelivery) => {
-                        metrics.event("redelivery");
+                        metrics.redelivery.inc();
                         Some(Target::Output)
                     }
                     Some(Outcome::Duplicate { .. }) | None => {
-                        metrics.event("duplicate");
+                        metrics.duplicate.inc();
                         None
                     }
                 },
