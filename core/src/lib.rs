@@ -7,12 +7,16 @@
 //!   input.
 //! - [`store`]: the per-partition RocksDB store (lookups, inserts, next offset,
 //!   retention).
+//! - [`checkpoint`]: checkpoint creation, local retention, the manifest and remote
+//!   layout.
 //! - [`config`]: parsing of setting values (durations, byte sizes).
 //! - [`http`]: the `/metrics`, `/healthz`, `/readyz` port of the long-running binaries.
 //! - [`telemetry`]: logging set-up (`LOG_FORMAT=json`).
 //!
 //! No Kafka consumer loop and no Kubernetes code live here.
 
+#[cfg(feature = "store")]
+pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod http;

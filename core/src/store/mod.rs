@@ -66,6 +66,8 @@ pub enum StoreError {
 /// The deduplication state of one Kafka partition.
 pub struct PartitionStore {
     db: DB,
+    /// Held by every write (`check_and_insert`, `record_next_offset`) and by checkpoint
+    /// creation, so that a checkpoint is consistent with the offset it records.
     recent: Mutex<recent_keys::RecentKeys>,
     path: PathBuf,
     settings: StoreSettings,
@@ -205,6 +207,7 @@ impl PartitionStore {
     /// Records the next offset to consume without any key, e.g. after a batch made only
     /// of malformed messages.
     pub fn record_next_offset(&self, next_offset: i64) -> Result<(), StoreError> {
+        let _writes = self.recent();
         self.db
             .put_cf_opt(
                 self.cf(META_CF)?,
@@ -243,6 +246,19 @@ impl PartitionStore {
         self.db
             .flush_cfs_opt(&families, &opts)
             .map_err(|source| self.rocks_err(source))
+    }
+
+    /// Creates a RocksDB checkpoint (hard links) of the store in `dir`, which must not
+    /// exist yet, and returns the next offset it is consistent with. Writes wait for the
+    /// duration of the flush and the checkpoint call, nothing longer.
+    pub fn create_checkpoint(&self, dir: &Path) -> Result<Option<i64>, StoreError> {
+        let _writes = self.recent();
+        let next_offset = self.next_offset()?;
+        self.flush()?;
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|checkpoint| checkpoint.create_checkpoint(dir))
+            .map_err(|source| self.rocks_err(source))?;
+        Ok(next_offset)
     }
 
     /// Flushes and closes the store.
