@@ -5,10 +5,16 @@
 //!   next offset it records ([`PartitionStore::create_checkpoint`]).
 //! - Local retention: the newest `MAX_LOCAL_CHECKPOINTS` are kept.
 //! - [`manifest`]: what a remote checkpoint holds, and the remote layout.
+//! - [`remote`]: the object-store interface, and a local-directory implementation.
+//! - [`transfer`]: upload (incremental/full), verified restore with fallback, GC.
 //!
-//! Uploading to S3, restoring and garbage collection build on these.
+//! Garbage collection of a partition must run in its owner, after its own upload and
+//! never beside it: files of an upload in progress are not referenced by any manifest
+//! yet.
 
 pub mod manifest;
+pub mod remote;
+pub mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -122,3 +122,318 @@ fn the_manifest_lists_every_file_with_its_checksum() {
             .starts_with(&format!("files/{checksum}-{size}")));
     }
 }
+
+mod transfer_tests {
+    use super::*;
+    use crate::checkpoint::manifest::{content_key, CheckpointManifest};
+    use crate::checkpoint::remote::{CheckpointRemote, LocalDirRemote};
+    use crate::checkpoint::transfer::{self, RestoreOutcome};
+
+    const PREFIX: &str = "deduplication-checkpoints";
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        remote: LocalDirRemote,
+        store: PartitionStore,
+        next: i64,
+        now: i64,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let remote = LocalDirRemote::new(dir.path().join("bucket"));
+            let store = PartitionStore::open(
+                dir.path().join("store/events_0"),
+                &settings(),
+                &StoreResources::default(),
+            )
+            .unwrap();
+            Self {
+                dir,
+                remote,
+                store,
+                next: 0,
+                now: 1_000,
+            }
+        }
+
+        fn write(&mut self, count: i64) {
+            let batch: Vec<_> = (self.next..self.next + count)
+                .map(|i| (key(i), i))
+                .collect();
+            self.next += count;
+            self.store.check_and_insert(&batch, self.next).unwrap();
+        }
+
+        async fn checkpoint_and_upload(
+            &mut self,
+            kind: UploadKind,
+        ) -> (CheckpointManifest, transfer::UploadStats) {
+            self.now += 1;
+            let local = create_local(
+                &self.store,
+                &self.dir.path().join("checkpoints/events_0"),
+                self.now,
+            )
+            .unwrap();
+            let manifest = build_manifest(&local, "events", 0, "dedup-0", self.now, kind).unwrap();
+            let already = transfer::referenced_files(&self.remote, PREFIX, "events", 0)
+                .await
+                .unwrap();
+            let stats = transfer::upload(&self.remote, PREFIX, &manifest, &local.dir, &already)
+                .await
+                .unwrap();
+            (manifest, stats)
+        }
+
+        async fn restore(&self, into: &str) -> (RestoreOutcome, PathBuf) {
+            let target = self.dir.path().join(into).join("events_0");
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            let outcome = transfer::restore(&self.remote, PREFIX, "events", 0, &target)
+                .await
+                .unwrap();
+            (outcome, target)
+        }
+
+        fn remote_path(&self, manifest: &CheckpointManifest, local_suffix: &str) -> PathBuf {
+            let file = manifest
+                .files
+                .iter()
+                .find(|f| f.local_name.ends_with(local_suffix))
+                .unwrap();
+            self.dir
+                .path()
+                .join("bucket")
+                .join(format!("{PREFIX}/events/0/{}", file.remote_key))
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_restores_every_key_and_the_offset() {
+        let mut f = Fixture::new();
+        f.write(3_000);
+        let (manifest, stats) = f.checkpoint_and_upload(UploadKind::Full).await;
+        assert_eq!(stats.files_uploaded, manifest.files.len());
+        let (outcome, target) = f.restore("restored").await;
+        match outcome {
+            RestoreOutcome::Restored {
+                checkpoint_id,
+                next_offset,
+                ..
+            } => {
+                assert_eq!(checkpoint_id, manifest.checkpoint_id);
+                assert_eq!(next_offset, Some(3_000));
+            }
+            other => panic!("{other:?}"),
+        }
+        let restored =
+            PartitionStore::open(&target, &settings(), &StoreResources::default()).unwrap();
+        assert_eq!(restored.next_offset().unwrap(), Some(3_000));
+        for i in (0..3_000).step_by(7) {
+            assert_eq!(restored.first_offset(&key(i)).unwrap(), Some(i));
+        }
+    }
+
+    #[tokio::test]
+    async fn incremental_uploads_send_only_new_files_and_full_ones_everything() {
+        let mut f = Fixture::new();
+        f.write(20_000);
+        let (first, full) = f.checkpoint_and_upload(UploadKind::Full).await;
+        f.write(100);
+        let (second, incremental) = f.checkpoint_and_upload(UploadKind::Incremental).await;
+        // The first checkpoint's SST is reused; only files that are new are sent.
+        let new_bytes: u64 = second
+            .files
+            .iter()
+            .filter(|f| !first.files.iter().any(|g| g.remote_key == f.remote_key))
+            .map(|f| f.size)
+            .sum();
+        assert_eq!(incremental.bytes_uploaded, new_bytes);
+        assert!(incremental.files_reused >= 1);
+        assert!(
+            incremental.bytes_uploaded < full.bytes_uploaded / 2,
+            "{incremental:?} vs {full:?}"
+        );
+        let (third, again_full) = f.checkpoint_and_upload(UploadKind::Full).await;
+        assert_eq!(again_full.bytes_uploaded, third.size());
+        assert_eq!(again_full.files_reused, 0);
+    }
+
+    #[tokio::test]
+    async fn two_lineages_never_share_a_different_file_of_the_same_name() {
+        let mut a = Fixture::new();
+        a.write(500);
+        let (ma, _) = a.checkpoint_and_upload(UploadKind::Full).await;
+        // Another store of the same partition (started empty), different data.
+        let store_b = PartitionStore::open(
+            a.dir.path().join("other/events_0"),
+            &settings(),
+            &StoreResources::default(),
+        )
+        .unwrap();
+        store_b.check_and_insert(&[(key(1_000_000), 0)], 1).unwrap();
+        let local_b = create_local(&store_b, &a.dir.path().join("other-cp"), 5_000).unwrap();
+        let mb = build_manifest(&local_b, "events", 0, "dedup-1", 5_000, UploadKind::Full).unwrap();
+        for fa in &ma.files {
+            for fb in mb.files.iter().filter(|fb| fb.local_name == fa.local_name) {
+                if fa.checksum != fb.checksum {
+                    assert_ne!(fa.remote_key, fb.remote_key, "{} collides", fa.local_name);
+                }
+            }
+        }
+        assert_eq!(
+            ma.files[0].remote_key,
+            content_key(
+                &ma.files[0].local_name,
+                &ma.files[0].checksum,
+                ma.files[0].size
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn damaged_checkpoints_fall_back_to_the_next_older() {
+        for damage in ["flip", "truncate", "delete", "manifest"] {
+            let mut f = Fixture::new();
+            f.write(1_000);
+            let (older, _) = f.checkpoint_and_upload(UploadKind::Full).await;
+            f.write(1_000);
+            let (newer, _) = f.checkpoint_and_upload(UploadKind::Full).await;
+            // Damage an SST that only the newer checkpoint references.
+            let only_newer = newer
+                .files
+                .iter()
+                .find(|n| {
+                    n.local_name.ends_with(".sst")
+                        && !older.files.iter().any(|o| o.remote_key == n.remote_key)
+                })
+                .expect("the newer checkpoint has an SST of its own");
+            let sst = f.remote_path(&newer, &only_newer.local_name);
+            match damage {
+                "flip" => {
+                    let mut bytes = std::fs::read(&sst).unwrap();
+                    bytes[100] ^= 0xff;
+                    std::fs::write(&sst, bytes).unwrap();
+                }
+                "truncate" => {
+                    let bytes = std::fs::read(&sst).unwrap();
+                    std::fs::write(&sst, &bytes[..bytes.len() / 2]).unwrap();
+                }
+                "delete" => std::fs::remove_file(&sst).unwrap(),
+                _ => {
+                    let key = crate::checkpoint::manifest::manifest_key(
+                        PREFIX,
+                        "events",
+                        0,
+                        &newer.checkpoint_id,
+                    );
+                    f.remote
+                        .put_bytes(&key, b"{ not a manifest".to_vec())
+                        .await
+                        .unwrap();
+                }
+            }
+            match f.restore("restored").await.0 {
+                RestoreOutcome::Restored {
+                    checkpoint_id,
+                    next_offset,
+                    skipped,
+                    ..
+                } => {
+                    assert_eq!(checkpoint_id, older.checkpoint_id, "{damage}");
+                    assert_eq!(next_offset, Some(1_000));
+                    assert_eq!(skipped.len(), 1, "{damage}: {skipped:?}");
+                }
+                other => panic!("{damage}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_to_restore_is_reported() {
+        let f = Fixture::new();
+        assert_eq!(f.restore("restored").await.0, RestoreOutcome::NoCheckpoint);
+        let key = crate::checkpoint::manifest::manifest_key(
+            PREFIX,
+            "events",
+            0,
+            "0000000000001-00000000",
+        );
+        f.remote.put_bytes(&key, b"garbage".to_vec()).await.unwrap();
+        assert!(matches!(
+            f.restore("restored").await.0,
+            RestoreOutcome::AllCorrupt { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_restore_resumes_with_the_verified_files() {
+        let mut f = Fixture::new();
+        f.write(2_000);
+        let (manifest, _) = f.checkpoint_and_upload(UploadKind::Full).await;
+        // An earlier attempt got one file down before it stopped.
+        let target = f.dir.path().join("restored/events_0");
+        let staging = f.dir.path().join(format!(
+            "restored/events_0.restore-{}",
+            manifest.checkpoint_id
+        ));
+        std::fs::create_dir_all(&staging).unwrap();
+        let first = &manifest.files[0];
+        std::fs::copy(
+            f.remote_path(&manifest, &first.local_name),
+            staging.join(&first.local_name),
+        )
+        .unwrap();
+        let (outcome, restored) = f.restore("restored").await;
+        assert_eq!(restored, target);
+        match outcome {
+            RestoreOutcome::Restored { files_resumed, .. } => assert_eq!(files_resumed, 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(!staging.exists(), "staging renamed into place");
+    }
+
+    #[tokio::test]
+    async fn gc_keeps_the_newest_manifests_and_what_they_reference() {
+        let mut f = Fixture::new();
+        let mut manifests = Vec::new();
+        for _ in 0..5 {
+            f.write(500);
+            manifests.push(f.checkpoint_and_upload(UploadKind::Incremental).await.0);
+        }
+        let stats = transfer::collect_garbage(&f.remote, PREFIX, "events", 0, 2)
+            .await
+            .unwrap();
+        assert_eq!(stats.manifests_deleted, 3);
+        let left = transfer::list_manifest_keys(&f.remote, PREFIX, "events", 0)
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 2);
+        assert!(left[0].contains(&manifests[4].checkpoint_id));
+        let kept: std::collections::HashSet<String> = manifests[3..]
+            .iter()
+            .flat_map(|m| m.files.iter().map(|f| f.remote_key.clone()))
+            .collect();
+        let files = f
+            .remote
+            .list(&format!("{PREFIX}/events/0/files/"))
+            .await
+            .unwrap();
+        let present: std::collections::HashSet<String> = files
+            .iter()
+            .map(|k| {
+                k.strip_prefix(&format!("{PREFIX}/events/0/"))
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(present, kept, "every referenced file kept, nothing else");
+        assert!(stats.files_deleted > 0);
+        // The survivors still restore.
+        assert!(matches!(
+            f.restore("restored").await.0,
+            RestoreOutcome::Restored { .. }
+        ));
+    }
+}
