@@ -23,9 +23,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 echo "system packages: ok"
 
-# Python tools the tests run: kubernetes-validate (Kubernetes schemas).
-python_tools=(kubernetes-validate==1.37.0)
-if ! python3 -m pip show kubernetes-validate >/dev/null 2>&1; then
+# Python tools the tests run: kubernetes-validate (Kubernetes schemas) and moto's S3
+# server (scripts/start-test-services.sh starts it).
+python_tools=(kubernetes-validate==1.37.0 "moto[server]==5.2.5")
+if ! python3 -m pip show kubernetes-validate moto flask >/dev/null 2>&1; then
   # --break-system-packages: Debian's own python3 is "externally managed"; these are
   # test tools with no Debian package.
   python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${python_tools[@]}"

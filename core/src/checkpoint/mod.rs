@@ -6,6 +6,7 @@
 //! - Local retention: the newest `MAX_LOCAL_CHECKPOINTS` are kept.
 //! - [`manifest`]: what a remote checkpoint holds, and the remote layout.
 //! - [`remote`]: the object-store interface, and a local-directory implementation.
+//! - [`s3`]: the S3 implementation.
 //! - [`transfer`]: upload (incremental/full), verified restore with fallback, GC.
 //!
 //! Garbage collection of a partition must run in its owner, after its own upload and
@@ -14,6 +15,7 @@
 
 pub mod manifest;
 pub mod remote;
+pub mod s3;
 pub mod transfer;
 
 use std::path::{Path, PathBuf};
