@@ -223,11 +223,16 @@ async fn an_unreachable_store_fails_within_its_bounds() {
         Duration::from_secs(2),
     );
     let started = std::time::Instant::now();
-    let error = s3.put_bytes("k", b"v".to_vec()).await.unwrap_err();
+    let key = "probe/unreachable-manifest.json";
+    let error = s3.put_bytes(key, b"v".to_vec()).await.unwrap_err();
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
     );
     assert!(error.to_string().contains('k'), "{error}");
+    assert!(
+        error.to_string().contains(key),
+        "the error names the key: {error}"
+    );
 }

@@ -85,8 +85,10 @@ impl Publisher {
             Target::Output => self.output_topic.as_deref()?,
             Target::DeadLetter { .. } => self.dead_letter_topic.as_deref()?,
         };
-        let headers = headers_for(message, target);
-        let mut record = FutureRecord::to(topic).headers(headers);
+        let mut record = FutureRecord::to(topic);
+        if let Some(headers) = headers_for(message, target) {
+            record = record.headers(headers);
+        }
         if let Some(payload) = message.payload() {
             record = record.payload(payload);
         }
@@ -175,25 +177,28 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(8))).min(Duration::from_secs(10))
 }
 
-/// The original headers, plus the reason and source for a dead-lettered message.
-fn headers_for(message: &OwnedMessage, target: Target) -> OwnedHeaders {
-    let mut headers = message.headers().cloned().unwrap_or_else(OwnedHeaders::new);
-    if let Target::DeadLetter { reason } = target {
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
-        for (key, value) in [
-            ("dedup-error", reason),
-            ("dedup-source-topic", message.topic()),
-            ("dedup-source-partition", partition.as_str()),
-            ("dedup-source-offset", offset.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
+/// The original headers, plus the reason and source for a dead-lettered message;
+/// `None` when there are none (most messages: no header list is built for them).
+fn headers_for(message: &OwnedMessage, target: Target) -> Option<OwnedHeaders> {
+    let original = message.headers().cloned();
+    let Target::DeadLetter { reason } = target else {
+        return original;
+    };
+    let mut headers = original.unwrap_or_else(OwnedHeaders::new);
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    for (key, value) in [
+        ("dedup-error", reason),
+        ("dedup-source-topic", message.topic()),
+        ("dedup-source-partition", partition.as_str()),
+        ("dedup-source-offset", offset.as_str()),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
     }
-    headers
+    Some(headers)
 }
 
 pub fn client_id(config: &Config, role: &str) -> String {
@@ -230,7 +235,7 @@ mod tests {
             42,
             Some(original),
         );
-        let headers = headers_for(&message, Target::DeadLetter { reason: "not_json" });
+        let headers = headers_for(&message, Target::DeadLetter { reason: "not_json" }).unwrap();
         let pairs: Vec<(String, String)> = headers
             .iter()
             .map(|h| {
@@ -244,6 +249,6 @@ mod tests {
         assert!(pairs.contains(&("dedup-error".into(), "not_json".into())));
         assert!(pairs.contains(&("dedup-source-partition".into(), "3".into())));
         assert!(pairs.contains(&("dedup-source-offset".into(), "42".into())));
-        assert_eq!(headers_for(&message, Target::Output).count(), 1);
+        assert_eq!(headers_for(&message, Target::Output).unwrap().count(), 1);
     }
 }

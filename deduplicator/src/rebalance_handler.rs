@@ -11,8 +11,9 @@
 //! published). The partition's queue is split off before it is assigned, so its messages
 //! go to its own worker task from the first one.
 //!
-//! Restoring a missing or stale store from a remote checkpoint happens in
-//! [`RebalanceHandler::open_store`], before the offsets are compared.
+//! [`RebalanceHandler::open_store`] opens the local store only; restoring a missing or
+//! stale store from a remote checkpoint belongs there, before the offsets are compared
+//! (not wired yet: the checkpoint loop and restore-on-assignment are still to come).
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -111,6 +111,27 @@ impl S3Remote {
     }
 }
 
+impl S3Remote {
+    /// The object at `key`, or `None` if there is no such key.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, RemoteError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(output)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(remote_err(key, e)),
+        }
+    }
+}
+
 fn remote_err<E: std::error::Error>(key: &str, error: E) -> RemoteError {
     RemoteError::io(key, DisplayErrorContext(error))
 }
@@ -144,17 +165,8 @@ impl CheckpointRemote for S3Remote {
     }
 
     async fn get_file(&self, key: &str, path: &Path) -> Result<bool, RemoteError> {
-        let output = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(output) => output,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(false),
-            Err(e) => return Err(remote_err(key, e)),
+        let Some(output) = self.get_object(key).await? else {
+            return Ok(false);
         };
         let mut file = tokio::fs::File::create(path)
             .await
@@ -168,17 +180,8 @@ impl CheckpointRemote for S3Remote {
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
-        let output = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(output) => output,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(remote_err(key, e)),
+        let Some(output) = self.get_object(key).await? else {
+            return Ok(None);
         };
         let bytes = output
             .body

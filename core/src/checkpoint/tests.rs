@@ -21,6 +21,10 @@ fn settings() -> StoreSettings {
     }
 }
 
+fn open_store(path: &Path) -> PartitionStore {
+    PartitionStore::open(path, &settings(), &StoreResources::default()).unwrap()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -64,12 +68,7 @@ fn a_checkpoint_answers_like_the_store_and_knows_its_offset() {
 #[test]
 fn local_retention_keeps_the_newest() {
     let dir = tempfile::tempdir().unwrap();
-    let store = PartitionStore::open(
-        dir.path().join("store"),
-        &settings(),
-        &StoreResources::default(),
-    )
-    .unwrap();
+    let store = open_store(&dir.path().join("store"));
     let checkpoints = dir.path().join("checkpoints/events_1");
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -92,12 +91,7 @@ fn local_retention_keeps_the_newest() {
 #[test]
 fn the_manifest_lists_every_file_with_its_checksum() {
     let dir = tempfile::tempdir().unwrap();
-    let store = PartitionStore::open(
-        dir.path().join("store"),
-        &settings(),
-        &StoreResources::default(),
-    )
-    .unwrap();
+    let store = open_store(&dir.path().join("store"));
     store.check_and_insert(&[(key(1), 0)], 1).unwrap();
     let checkpoint = create_local(&store, &dir.path().join("cp"), 5).unwrap();
     let manifest =
@@ -143,12 +137,7 @@ mod transfer_tests {
         fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let remote = LocalDirRemote::new(dir.path().join("bucket"));
-            let store = PartitionStore::open(
-                dir.path().join("store/events_0"),
-                &settings(),
-                &StoreResources::default(),
-            )
-            .unwrap();
+            let store = open_store(&dir.path().join("store/events_0"));
             Self {
                 dir,
                 remote,
@@ -227,8 +216,7 @@ mod transfer_tests {
             }
             other => panic!("{other:?}"),
         }
-        let restored =
-            PartitionStore::open(&target, &settings(), &StoreResources::default()).unwrap();
+        let restored = open_store(&target);
         assert_eq!(restored.next_offset().unwrap(), Some(3_000));
         for i in (0..3_000).step_by(7) {
             assert_eq!(restored.first_offset(&key(i)).unwrap(), Some(i));
