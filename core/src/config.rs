@@ -45,6 +45,13 @@ pub mod env {
     pub const MAX_REMOTE_CHECKPOINTS: &str = "MAX_REMOTE_CHECKPOINTS";
     pub const S3_REGION: &str = "S3_REGION";
     pub const S3_ENDPOINT: &str = "S3_ENDPOINT";
+    pub const S3_REQUEST_TIMEOUT: &str = "S3_REQUEST_TIMEOUT";
+    pub const S3_MAX_ATTEMPTS: &str = "S3_MAX_ATTEMPTS";
+    pub const CHECKPOINT_REMOTE_DIR: &str = "CHECKPOINT_REMOTE_DIR";
+    pub const CHECKPOINT_TRANSFER_CONCURRENCY: &str = "CHECKPOINT_TRANSFER_CONCURRENCY";
+    pub const RESTORE_TIMEOUT: &str = "RESTORE_TIMEOUT";
+    pub const RESTORE_MAX_ATTEMPTS: &str = "RESTORE_MAX_ATTEMPTS";
+    pub const RESTORE_FAIL_HARD: &str = "RESTORE_FAIL_HARD";
 }
 
 /// Accepted forms of a duration, quoted in error messages.

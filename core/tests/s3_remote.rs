@@ -102,6 +102,7 @@ async fn checkpoints_round_trip_through_s3_with_incremental_uploads_fallback_and
         &first_manifest,
         &first.dir,
         &Default::default(),
+        8,
     )
     .await
     .unwrap();
@@ -122,7 +123,7 @@ async fn checkpoints_round_trip_through_s3_with_incremental_uploads_fallback_and
     let already = transfer::referenced_files(&s3, PREFIX, "events", 2)
         .await
         .unwrap();
-    let incremental = transfer::upload(&s3, PREFIX, &second_manifest, &second.dir, &already)
+    let incremental = transfer::upload(&s3, PREFIX, &second_manifest, &second.dir, &already, 8)
         .await
         .unwrap();
     assert!(incremental.files_reused >= 1, "{incremental:?}");
@@ -134,7 +135,7 @@ async fn checkpoints_round_trip_through_s3_with_incremental_uploads_fallback_and
     // Restore into a new volume: the newest checkpoint, every key, the offset.
     let target = dir.path().join("restored/events_2");
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    match transfer::restore(&s3, PREFIX, "events", 2, &target)
+    match transfer::restore(&s3, PREFIX, "events", 2, &target, &options())
         .await
         .unwrap()
     {
@@ -162,7 +163,7 @@ async fn checkpoints_round_trip_through_s3_with_incremental_uploads_fallback_and
     .unwrap();
     let fallback = dir.path().join("fallback/events_2");
     std::fs::create_dir_all(fallback.parent().unwrap()).unwrap();
-    match transfer::restore(&s3, PREFIX, "events", 2, &fallback)
+    match transfer::restore(&s3, PREFIX, "events", 2, &fallback, &options())
         .await
         .unwrap()
     {
@@ -189,6 +190,13 @@ async fn checkpoints_round_trip_through_s3_with_incremental_uploads_fallback_and
     assert_eq!(files.len(), kept.len());
 }
 
+fn options() -> transfer::RestoreOptions {
+    transfer::RestoreOptions {
+        concurrency: 8,
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn missing_objects_are_not_errors() {
     let Some(endpoint) = endpoint() else { return };
@@ -207,9 +215,16 @@ async fn missing_objects_are_not_errors() {
         .unwrap());
     s3.delete("nope.sst").await.unwrap();
     assert!(s3.list("nothing/").await.unwrap().is_empty());
-    let outcome = transfer::restore(&s3, PREFIX, "events", 9, &dir.path().join("events_9"))
-        .await
-        .unwrap();
+    let outcome = transfer::restore(
+        &s3,
+        PREFIX,
+        "events",
+        9,
+        &dir.path().join("events_9"),
+        &options(),
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, RestoreOutcome::NoCheckpoint);
 }
 

@@ -76,6 +76,33 @@ impl CheckpointManifest {
     }
 }
 
+/// The partitions a pod owned after its last rebalance, written by the deduplicator to
+/// [`owner_key`] and read by the restorer before the pod's next start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub format_version: u32,
+    pub consumer_group: String,
+    pub pod_name: String,
+    pub topic: String,
+    pub partitions: Vec<i32>,
+    /// When it was written, epoch milliseconds.
+    pub updated_at_ms: i64,
+}
+
+impl OwnerRecord {
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec_pretty(self)
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let record: Self = serde_json::from_slice(bytes).map_err(ManifestError::Invalid)?;
+        if record.format_version != MANIFEST_FORMAT_VERSION {
+            return Err(ManifestError::Version(record.format_version));
+        }
+        Ok(record)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("manifest is not valid: {0}")]
@@ -192,6 +219,23 @@ mod tests {
             CheckpointManifest::from_json(b"{\"topic\":"),
             Err(ManifestError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn owner_records_round_trip() {
+        let record = OwnerRecord {
+            format_version: MANIFEST_FORMAT_VERSION,
+            consumer_group: "g".into(),
+            pod_name: "dedup-0".into(),
+            topic: "events".into(),
+            partitions: vec![0, 3],
+            updated_at_ms: 5,
+        };
+        assert_eq!(
+            OwnerRecord::from_json(&record.to_json().unwrap()).unwrap(),
+            record
+        );
+        assert!(OwnerRecord::from_json(b"[]").is_err());
     }
 
     #[test]

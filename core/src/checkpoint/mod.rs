@@ -8,14 +8,18 @@
 //! - [`remote`]: the object-store interface, and a local-directory implementation.
 //! - [`s3`]: the S3 implementation.
 //! - [`transfer`]: upload (incremental/full), verified restore with fallback, GC.
+//! - [`loader`]: the CheckpointLoader (restore with retries and a time bound).
+//! - [`settings`]: where the remote is (`S3_BUCKET`, `CHECKPOINT_REMOTE_DIR`, …).
 //!
 //! Garbage collection of a partition must run in its owner, after its own upload and
 //! never beside it: files of an upload in progress are not referenced by any manifest
 //! yet.
 
+pub mod loader;
 pub mod manifest;
 pub mod remote;
 pub mod s3;
+pub mod settings;
 pub mod transfer;
 
 use std::path::{Path, PathBuf};

@@ -161,3 +161,64 @@ impl CheckpointRemote for LocalDirRemote {
         }
     }
 }
+
+/// The remote a binary was configured with: S3 (`S3_BUCKET`) or a local directory
+/// (`CHECKPOINT_REMOTE_DIR`).
+#[derive(Clone)]
+pub enum Remote {
+    S3(super::s3::S3Remote),
+    Dir(LocalDirRemote),
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::S3(s3) => write!(f, "s3://{}", s3.bucket()),
+            Self::Dir(dir) => write!(f, "directory {}", dir.root.display()),
+        }
+    }
+}
+
+impl CheckpointRemote for Remote {
+    async fn put_file(&self, key: &str, path: &Path) -> Result<(), RemoteError> {
+        match self {
+            Self::S3(r) => r.put_file(key, path).await,
+            Self::Dir(r) => r.put_file(key, path).await,
+        }
+    }
+
+    async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), RemoteError> {
+        match self {
+            Self::S3(r) => r.put_bytes(key, bytes).await,
+            Self::Dir(r) => r.put_bytes(key, bytes).await,
+        }
+    }
+
+    async fn get_file(&self, key: &str, path: &Path) -> Result<bool, RemoteError> {
+        match self {
+            Self::S3(r) => r.get_file(key, path).await,
+            Self::Dir(r) => r.get_file(key, path).await,
+        }
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+        match self {
+            Self::S3(r) => r.get_bytes(key).await,
+            Self::Dir(r) => r.get_bytes(key).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, RemoteError> {
+        match self {
+            Self::S3(r) => r.list(prefix).await,
+            Self::Dir(r) => r.list(prefix).await,
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), RemoteError> {
+        match self {
+            Self::S3(r) => r.delete(key).await,
+            Self::Dir(r) => r.delete(key).await,
+        }
+    }
+}

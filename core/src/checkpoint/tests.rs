@@ -121,7 +121,7 @@ mod transfer_tests {
     use super::*;
     use crate::checkpoint::manifest::{content_key, CheckpointManifest};
     use crate::checkpoint::remote::{CheckpointRemote, LocalDirRemote};
-    use crate::checkpoint::transfer::{self, RestoreOutcome};
+    use crate::checkpoint::transfer::{self, RestoreOptions, RestoreOutcome};
 
     const PREFIX: &str = "deduplication-checkpoints";
 
@@ -170,7 +170,7 @@ mod transfer_tests {
             let already = transfer::referenced_files(&self.remote, PREFIX, "events", 0)
                 .await
                 .unwrap();
-            let stats = transfer::upload(&self.remote, PREFIX, &manifest, &local.dir, &already)
+            let stats = transfer::upload(&self.remote, PREFIX, &manifest, &local.dir, &already, 4)
                 .await
                 .unwrap();
             (manifest, stats)
@@ -179,9 +179,19 @@ mod transfer_tests {
         async fn restore(&self, into: &str) -> (RestoreOutcome, PathBuf) {
             let target = self.dir.path().join(into).join("events_0");
             std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-            let outcome = transfer::restore(&self.remote, PREFIX, "events", 0, &target)
-                .await
-                .unwrap();
+            let outcome = transfer::restore(
+                &self.remote,
+                PREFIX,
+                "events",
+                0,
+                &target,
+                &RestoreOptions {
+                    concurrency: 4,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
             (outcome, target)
         }
 
@@ -423,5 +433,91 @@ mod transfer_tests {
             f.restore("restored").await.0,
             RestoreOutcome::Restored { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_local_store_at_least_as_far_ahead_is_kept() {
+        let mut f = Fixture::new();
+        f.write(100);
+        f.checkpoint_and_upload(UploadKind::Full).await;
+        let target = f.dir.path().join("local/events_0");
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(target.join("marker"), b"local").unwrap();
+        let restore = |newer_than| {
+            let (remote, target) = (f.remote.clone(), target.clone());
+            async move {
+                let options = RestoreOptions {
+                    concurrency: 2,
+                    newer_than: Some(newer_than),
+                    progress: None,
+                };
+                transfer::restore(&remote, PREFIX, "events", 0, &target, &options)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            restore(100).await,
+            RestoreOutcome::NotNewer {
+                local_next_offset: 100,
+                remote_next_offset: Some(100),
+                skipped: vec![]
+            }
+        );
+        assert!(
+            target.join("marker").exists(),
+            "the local store is untouched"
+        );
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        let options = RestoreOptions {
+            concurrency: 2,
+            newer_than: Some(99),
+            progress: Some(std::sync::Arc::new(move |p: &transfer::Progress| {
+                log.lock().unwrap().push((p.files_done, p.bytes_done))
+            })),
+        };
+        let outcome = transfer::restore(&f.remote, PREFIX, "events", 0, &target, &options)
+            .await
+            .unwrap();
+        assert!(matches!(
+            outcome,
+            RestoreOutcome::Restored {
+                next_offset: Some(100),
+                ..
+            }
+        ));
+        assert!(
+            !target.join("marker").exists(),
+            "replaced by the checkpoint"
+        );
+        let seen = seen.lock().unwrap();
+        assert!(!seen.is_empty());
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+    }
+
+    #[tokio::test]
+    async fn remote_state_counts_incrementals_since_the_last_full_upload() {
+        let mut f = Fixture::new();
+        let empty = transfer::remote_state(&f.remote, PREFIX, "events", 0)
+            .await
+            .unwrap();
+        assert_eq!(empty.incrementals_since_full, 0);
+        assert!(empty.newest.is_none());
+        for kind in [
+            UploadKind::Incremental,
+            UploadKind::Full,
+            UploadKind::Incremental,
+            UploadKind::Incremental,
+        ] {
+            f.write(10);
+            f.checkpoint_and_upload(kind).await;
+        }
+        let state = transfer::remote_state(&f.remote, PREFIX, "events", 0)
+            .await
+            .unwrap();
+        assert_eq!(state.incrementals_since_full, 2);
+        assert_eq!(state.newest.unwrap().next_offset, Some(40));
+        assert!(!state.referenced.is_empty());
     }
 }

@@ -9,6 +9,7 @@ use super::manifest::{
     file_checksum, manifest_key, partition_prefix, CheckpointManifest, ManifestFile, UploadKind,
 };
 use super::remote::{CheckpointRemote, RemoteError};
+use futures_util::stream::{self, StreamExt};
 
 /// What an upload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +42,48 @@ pub async fn list_manifest_keys<R: CheckpointRemote>(
     Ok(keys)
 }
 
+/// What the remote holds for a partition, as the uploader needs it.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteState {
+    /// Remote keys referenced by the partition's readable manifests.
+    pub referenced: HashSet<String>,
+    /// Incremental uploads since the newest full one (all of them if none is full).
+    pub incrementals_since_full: usize,
+    /// The newest readable manifest.
+    pub newest: Option<CheckpointManifest>,
+}
+
+/// Reads every manifest of a partition (newest first); unreadable ones are skipped.
+pub async fn remote_state<R: CheckpointRemote>(
+    remote: &R,
+    key_prefix: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<RemoteState, RemoteError> {
+    let mut state = RemoteState::default();
+    let mut full_seen = false;
+    for key in list_manifest_keys(remote, key_prefix, topic, partition).await? {
+        let Some(bytes) = remote.get_bytes(&key).await? else {
+            continue;
+        };
+        let Ok(manifest) = CheckpointManifest::from_json(&bytes) else {
+            continue;
+        };
+        if manifest.kind == UploadKind::Full {
+            full_seen = true;
+        } else if !full_seen {
+            state.incrementals_since_full += 1;
+        }
+        state
+            .referenced
+            .extend(manifest.files.iter().map(|f| f.remote_key.clone()));
+        if state.newest.is_none() {
+            state.newest = Some(manifest);
+        }
+    }
+    Ok(state)
+}
+
 /// Remote keys referenced by the partition's readable manifests.
 pub async fn referenced_files<R: CheckpointRemote>(
     remote: &R,
@@ -48,57 +91,127 @@ pub async fn referenced_files<R: CheckpointRemote>(
     topic: &str,
     partition: i32,
 ) -> Result<HashSet<String>, RemoteError> {
-    let mut referenced = HashSet::new();
+    Ok(remote_state(remote, key_prefix, topic, partition)
+        .await?
+        .referenced)
+}
+
+/// The newest readable manifest of a partition.
+pub async fn newest_manifest<R: CheckpointRemote>(
+    remote: &R,
+    key_prefix: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<CheckpointManifest>, RemoteError> {
     for key in list_manifest_keys(remote, key_prefix, topic, partition).await? {
         if let Some(bytes) = remote.get_bytes(&key).await? {
             if let Ok(manifest) = CheckpointManifest::from_json(&bytes) {
-                referenced.extend(manifest.files.into_iter().map(|f| f.remote_key));
+                return Ok(Some(manifest));
             }
         }
     }
-    Ok(referenced)
+    Ok(None)
 }
 
-/// Uploads a local checkpoint: its files (all of them for a full upload, else only
-/// those no remote manifest references yet), then its manifest, last, as the commit
-/// marker. `already_remote` comes from [`referenced_files`].
+/// Uploads a local checkpoint: its files, then its manifest, last, as the commit marker.
+/// See [`upload_files`] and [`put_manifest`]; a writer that must check it still owns the
+/// partition before committing calls those two itself.
 pub async fn upload<R: CheckpointRemote>(
     remote: &R,
     key_prefix: &str,
     manifest: &CheckpointManifest,
     checkpoint_dir: &Path,
     already_remote: &HashSet<String>,
+    concurrency: usize,
+) -> Result<UploadStats, RemoteError> {
+    let stats = upload_files(
+        remote,
+        key_prefix,
+        manifest,
+        checkpoint_dir,
+        already_remote,
+        concurrency,
+    )
+    .await?;
+    put_manifest(remote, key_prefix, manifest).await?;
+    Ok(stats)
+}
+
+/// Uploads the files of a checkpoint, `concurrency` at a time: all of them for a full
+/// upload, else only those no remote manifest references yet (`already_remote`, from
+/// [`remote_state`]).
+pub async fn upload_files<R: CheckpointRemote>(
+    remote: &R,
+    key_prefix: &str,
+    manifest: &CheckpointManifest,
+    checkpoint_dir: &Path,
+    already_remote: &HashSet<String>,
+    concurrency: usize,
 ) -> Result<UploadStats, RemoteError> {
     let prefix = partition_prefix(key_prefix, &manifest.topic, manifest.partition);
     let mut stats = UploadStats::default();
+    let mut to_send = Vec::new();
     for file in &manifest.files {
         if manifest.kind == UploadKind::Incremental && already_remote.contains(&file.remote_key) {
             stats.files_reused += 1;
             stats.bytes_reused += file.size;
-            continue;
+        } else {
+            to_send.push(file);
         }
-        let key = format!("{prefix}/{}", file.remote_key);
-        remote
-            .put_file(&key, &checkpoint_dir.join(&file.local_name))
-            .await?;
-        stats.files_uploaded += 1;
-        stats.bytes_uploaded += file.size;
     }
-    let manifest_bytes = manifest
+    let mut puts = stream::iter(to_send.into_iter().map(|file| {
+        let key = format!("{prefix}/{}", file.remote_key);
+        let path = checkpoint_dir.join(&file.local_name);
+        async move { remote.put_file(&key, &path).await.map(|()| file.size) }
+    }))
+    .buffer_unordered(concurrency.max(1));
+    while let Some(sent) = puts.next().await {
+        stats.bytes_uploaded += sent?;
+        stats.files_uploaded += 1;
+    }
+    Ok(stats)
+}
+
+/// Writes a checkpoint's manifest: the commit marker, after all of its files.
+pub async fn put_manifest<R: CheckpointRemote>(
+    remote: &R,
+    key_prefix: &str,
+    manifest: &CheckpointManifest,
+) -> Result<(), RemoteError> {
+    let bytes = manifest
         .to_json()
         .map_err(|e| RemoteError::io(&manifest.checkpoint_id, e))?;
-    remote
-        .put_bytes(
-            &manifest_key(
-                key_prefix,
-                &manifest.topic,
-                manifest.partition,
-                &manifest.checkpoint_id,
-            ),
-            manifest_bytes,
-        )
-        .await?;
-    Ok(stats)
+    let key = manifest_key(
+        key_prefix,
+        &manifest.topic,
+        manifest.partition,
+        &manifest.checkpoint_id,
+    );
+    remote.put_bytes(&key, bytes).await
+}
+
+/// Progress of one checkpoint's download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub checkpoint_id: String,
+    pub files_done: usize,
+    pub files_total: usize,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+pub type ProgressFn = dyn Fn(&Progress) + Send + Sync;
+
+/// How to restore.
+#[derive(Clone, Default)]
+pub struct RestoreOptions {
+    /// Files downloaded at once (at least 1).
+    pub concurrency: usize,
+    /// The next offset of the local store, if there is one: only a checkpoint further
+    /// ahead is worth restoring; otherwise the outcome is [`RestoreOutcome::NotNewer`].
+    pub newer_than: Option<i64>,
+    /// Called after every verified file.
+    pub progress: Option<std::sync::Arc<ProgressFn>>,
 }
 
 /// How a restore ended.
@@ -116,6 +229,12 @@ pub enum RestoreOutcome {
     },
     /// No manifest exists for the partition.
     NoCheckpoint,
+    /// The local store is as far ahead as every usable remote checkpoint (it is kept).
+    NotNewer {
+        local_next_offset: i64,
+        remote_next_offset: Option<i64>,
+        skipped: Vec<(String, String)>,
+    },
     /// Manifests exist but none could be restored.
     AllCorrupt { skipped: Vec<(String, String)> },
 }
@@ -132,6 +251,7 @@ pub async fn restore<R: CheckpointRemote>(
     topic: &str,
     partition: i32,
     store_dir: &Path,
+    options: &RestoreOptions,
 ) -> Result<RestoreOutcome, RemoteError> {
     let manifests = list_manifest_keys(remote, key_prefix, topic, partition).await?;
     if manifests.is_empty() {
@@ -154,11 +274,21 @@ pub async fn restore<R: CheckpointRemote>(
             },
             None => continue, // deleted meanwhile (garbage collection)
         };
+        if let Some(local) = options.newer_than {
+            if manifest.next_offset.is_none_or(|remote| remote <= local) {
+                return Ok(RestoreOutcome::NotNewer {
+                    local_next_offset: local,
+                    remote_next_offset: manifest.next_offset,
+                    skipped,
+                });
+            }
+        }
         let staging = staging_dir(store_dir, &manifest.checkpoint_id);
-        match download_verified(remote, &prefix, &manifest, &staging).await {
+        match download_verified(remote, &prefix, &manifest, &staging, options).await {
             Ok(files_resumed) => {
                 replace_dir(&staging, store_dir)
                     .map_err(|e| RemoteError::io(&manifest.checkpoint_id, e))?;
+                remove_stale_staging(store_dir);
                 return Ok(RestoreOutcome::Restored {
                     checkpoint_id: manifest.checkpoint_id.clone(),
                     next_offset: manifest.next_offset,
@@ -190,15 +320,21 @@ async fn download_verified<R: CheckpointRemote>(
     prefix: &str,
     manifest: &CheckpointManifest,
     staging: &Path,
+    options: &RestoreOptions,
 ) -> Result<usize, Problem> {
     std::fs::create_dir_all(staging)
         .map_err(|e| Problem::Remote(RemoteError::io(&manifest.checkpoint_id, e)))?;
-    let mut resumed = 0;
-    for file in &manifest.files {
+    let mut progress = Progress {
+        checkpoint_id: manifest.checkpoint_id.clone(),
+        files_done: 0,
+        files_total: manifest.files.len(),
+        bytes_done: 0,
+        bytes_total: manifest.size(),
+    };
+    let mut fetches = stream::iter(manifest.files.iter().map(|file| async move {
         let local = staging.join(&file.local_name);
-        if verify(&local, file).is_ok() {
-            resumed += 1;
-            continue;
+        if verify_blocking(&local, file).await.is_ok() {
+            return Ok((file.size, true));
         }
         let key = format!("{prefix}/{}", file.remote_key);
         if !remote
@@ -208,9 +344,30 @@ async fn download_verified<R: CheckpointRemote>(
         {
             return Err(Problem::Corrupt(format!("{} is missing", file.remote_key)));
         }
-        verify(&local, file).map_err(Problem::Corrupt)?;
+        verify_blocking(&local, file)
+            .await
+            .map_err(Problem::Corrupt)?;
+        Ok((file.size, false))
+    }))
+    .buffer_unordered(options.concurrency.max(1));
+    let mut resumed = 0;
+    while let Some(done) = fetches.next().await {
+        let (size, was_there) = done?;
+        resumed += usize::from(was_there);
+        progress.files_done += 1;
+        progress.bytes_done += size;
+        if let Some(report) = &options.progress {
+            report(&progress);
+        }
     }
     Ok(resumed)
+}
+
+async fn verify_blocking(path: &Path, file: &ManifestFile) -> Result<(), String> {
+    let (path, file) = (path.to_path_buf(), file.clone());
+    tokio::task::spawn_blocking(move || verify(&path, &file))
+        .await
+        .unwrap_or_else(|e| Err(format!("verification task failed: {e}")))
 }
 
 fn verify(path: &Path, file: &ManifestFile) -> Result<(), String> {
@@ -235,10 +392,31 @@ fn staging_dir(store_dir: &Path, checkpoint_id: &str) -> PathBuf {
     store_dir.with_file_name(format!("{name}.restore-{checkpoint_id}"))
 }
 
+/// Removes staging directories of other checkpoints of this store (interrupted restores
+/// of checkpoints that are not the one restored).
+fn remove_stale_staging(store_dir: &Path) {
+    let (Some(parent), Some(name)) = (store_dir.parent(), store_dir.file_name()) else {
+        return;
+    };
+    let stem = format!("{}.restore-", name.to_string_lossy());
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&stem) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
 /// Moves `staging` to `target`, replacing what was there: the old directory is renamed
 /// aside first, so `target` is always either the old or the new store, never a mix.
 fn replace_dir(staging: &Path, target: &Path) -> std::io::Result<()> {
-    let aside = target.with_extension("replaced");
+    // Not `with_extension`: a topic name may contain dots.
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let aside = target.with_file_name(format!("{name}.replaced"));
     if target.exists() {
         let _ = std::fs::remove_dir_all(&aside);
         std::fs::rename(target, &aside)?;
