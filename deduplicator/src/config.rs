@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use dedup_core::checkpoint::settings::RemoteArgs;
 use dedup_core::config::{env, parse_bytes, parse_duration};
 use dedup_core::http::parse_bind_address;
 use dedup_core::store::{StoreResources, StoreSettings};
@@ -135,6 +136,45 @@ pub struct Config {
     #[arg(long, env = env::PUBLISH_MAX_ATTEMPTS, default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub publish_max_attempts: u32,
+
+    /// Time between checkpoints of each partition store (0 = no checkpoints).
+    #[arg(long, env = env::CHECKPOINT_INTERVAL, default_value = "300s", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
+
+    /// Base path of local checkpoints (`{LOCAL_CHECKPOINT_DIR}/{topic}_{partition}/{id}`).
+    /// Must be on the store's filesystem: checkpoints are hard links.
+    #[arg(long, env = env::LOCAL_CHECKPOINT_DIR, default_value = "./checkpoints")]
+    pub local_checkpoint_dir: PathBuf,
+
+    /// Every N-th upload of a partition sends all files again; the others only files not
+    /// yet referenced remotely.
+    #[arg(long, env = env::FULL_UPLOAD_INTERVAL, default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub full_upload_interval: u32,
+
+    /// Local checkpoints kept per partition.
+    #[arg(long, env = env::MAX_LOCAL_CHECKPOINTS, default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_local_checkpoints: u32,
+
+    /// Remote checkpoints kept per partition (older ones and files only they reference
+    /// are deleted).
+    #[arg(long, env = env::MAX_REMOTE_CHECKPOINTS, default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_remote_checkpoints: u32,
+
+    /// Bound of restoring one partition on assignment, retries included; past it the
+    /// partition starts from its local or an empty store (catch-up replay still runs).
+    #[arg(long, env = env::RESTORE_TIMEOUT, default_value = "10m", value_parser = parse_duration)]
+    pub restore_timeout: Duration,
+
+    /// Attempts to restore a partition while the remote fails.
+    #[arg(long, env = env::RESTORE_MAX_ATTEMPTS, default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub restore_max_attempts: u32,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// librdkafka properties given as text.
@@ -215,6 +255,12 @@ mod tests {
         assert_eq!(config.store_path, PathBuf::from("/tmp/deduplication-store"));
         assert_eq!(config.max_store_capacity, 0);
         assert_eq!(config.dedup_window, Duration::from_secs(86_400));
+        assert_eq!(config.checkpoint_interval, Duration::from_secs(300));
+        assert_eq!(config.local_checkpoint_dir, PathBuf::from("./checkpoints"));
+        assert_eq!(config.remote.s3_bucket, None);
+        assert_eq!(config.remote.s3_key_prefix, "deduplication-checkpoints");
+        assert_eq!(config.full_upload_interval, 10);
+        assert_eq!(config.max_local_checkpoints, 5);
     }
 
     #[test]
@@ -243,6 +289,21 @@ mod tests {
                 "key=value",
             ),
             (&["--store-wal", "maybe"][..], "STORE_WAL", "true"),
+            (
+                &["--checkpoint-interval", "often"][..],
+                "CHECKPOINT_INTERVAL",
+                "with a unit",
+            ),
+            (
+                &["--full-upload-interval", "0"][..],
+                "FULL_UPLOAD_INTERVAL",
+                "1..",
+            ),
+            (
+                &["--s3-endpoint", "minio:9000"][..],
+                "S3_ENDPOINT",
+                "http://",
+            ),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(variable), "{args:?}: {err}");

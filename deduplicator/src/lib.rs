@@ -3,14 +3,19 @@
 //!
 //! - [`stateful_consumer`]: `StatefulKafkaConsumer`, the main loop and shutdown.
 //! - [`rebalance_handler`]: `RebalanceHandler`, partition assignment and revocation.
+//! - [`partition_restore`]: restore-on-assignment and where a partition starts.
 //! - [`partition_worker`]: the task that owns one partition.
+//! - [`checkpoint_exporter`]: `CheckpointExporter`, periodic checkpoints and uploads, and
+//!   the ownership record.
 //! - [`message_tracker`]: `MessageTracker`, ackable messages and in-order commits.
 //! - [`publisher`]: output and dead-letter producer.
 //! - [`config`], [`metrics`], [`pipeline`]: settings, Prometheus metrics, shared state.
 
+pub mod checkpoint_exporter;
 pub mod config;
 pub mod message_tracker;
 pub mod metrics;
+pub mod partition_restore;
 pub mod partition_worker;
 pub mod pipeline;
 pub mod publisher;

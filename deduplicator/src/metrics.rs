@@ -32,6 +32,11 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     pub messages_in: Counter,
     pub events: Family<OutcomeLabels, Counter>,
@@ -57,6 +62,20 @@ pub struct Metrics {
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub kafka_errors: Counter,
     pub committed_offset: Family<PartitionLabels, Gauge>,
+    pub checkpoints: Family<ResultLabels, Counter>,
+    pub checkpoint_duration: Histogram,
+    pub checkpoint_size_bytes: Family<PartitionLabels, Gauge>,
+    pub checkpoint_uploads: Family<ResultLabels, Counter>,
+    pub checkpoint_upload_duration: Histogram,
+    pub checkpoint_files: Family<KindLabels, Counter>,
+    pub checkpoint_bytes: Family<KindLabels, Counter>,
+    pub checkpoint_remote_age: Family<PartitionLabels, Gauge>,
+    pub checkpoint_gc_deleted: Family<KindLabels, Counter>,
+    pub restores: Family<ResultLabels, Counter>,
+    pub restore_duration: Histogram,
+    pub restore_bytes: Counter,
+    pub restore_skipped_checkpoints: Counter,
+    pub owner_record_writes: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -92,6 +111,22 @@ impl Metrics {
             consumer_lag: Family::default(),
             kafka_errors: Counter::default(),
             committed_offset: Family::default(),
+            checkpoints: Family::default(),
+            // 1 ms … ~65 s
+            checkpoint_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            checkpoint_size_bytes: Family::default(),
+            checkpoint_uploads: Family::default(),
+            // 10 ms … ~22 min
+            checkpoint_upload_duration: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
+            checkpoint_files: Family::default(),
+            checkpoint_bytes: Family::default(),
+            checkpoint_remote_age: Family::default(),
+            checkpoint_gc_deleted: Family::default(),
+            restores: Family::default(),
+            restore_duration: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
+            restore_bytes: Counter::default(),
+            restore_skipped_checkpoints: Counter::default(),
+            owner_record_writes: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("dedup");
         r.register(
@@ -189,6 +224,80 @@ impl Metrics {
             "Next offset stored for commit, per partition",
             metrics.committed_offset.clone(),
         );
+        r.register(
+            "checkpoints",
+            "Local checkpoints created, by result (success, failure)",
+            metrics.checkpoints.clone(),
+        );
+        r.register(
+            "checkpoint_duration_seconds",
+            "Time to create a local checkpoint, memtable flush included (writes wait this long)",
+            metrics.checkpoint_duration.clone(),
+        );
+        r.register(
+            "checkpoint_size_bytes",
+            "Bytes of the newest checkpoint of each partition",
+            metrics.checkpoint_size_bytes.clone(),
+        );
+        r.register(
+            "checkpoint_uploads",
+            "Checkpoint uploads by result (success, failure, fenced: partition lost before the manifest)",
+            metrics.checkpoint_uploads.clone(),
+        );
+        r.register(
+            "checkpoint_upload_duration_seconds",
+            "Time to upload a checkpoint's files and manifest",
+            metrics.checkpoint_upload_duration.clone(),
+        );
+        r.register(
+            "checkpoint_files",
+            "Checkpoint files by kind (uploaded, reused: already referenced remotely)",
+            metrics.checkpoint_files.clone(),
+        );
+        r.register(
+            "checkpoint_bytes",
+            "Checkpoint bytes by kind (uploaded, reused)",
+            metrics.checkpoint_bytes.clone(),
+        );
+        r.register(
+            "checkpoint_remote_age_seconds",
+            "Age of the newest remote checkpoint of each owned partition",
+            metrics.checkpoint_remote_age.clone(),
+        );
+        r.register(
+            "checkpoint_gc_deleted",
+            "Remote objects deleted by checkpoint garbage collection, by kind (manifest, file)",
+            metrics.checkpoint_gc_deleted.clone(),
+        );
+        r.register(
+            "restores",
+            "Restores on assignment by result (restored, restored_older, no_checkpoint, local_is_current, all_corrupt, remote_failed, timed_out, store_unreadable)",
+            metrics.restores.clone(),
+        );
+        r.register(
+            "restore_duration_seconds",
+            "Time from assignment to a partition store ready after a restore check",
+            metrics.restore_duration.clone(),
+        );
+        r.register(
+            "restore_bytes",
+            "Bytes of checkpoints restored",
+            metrics.restore_bytes.clone(),
+        );
+        r.register(
+            "restore_skipped_checkpoints",
+            "Remote checkpoints found corrupt or incomplete while restoring",
+            metrics.restore_skipped_checkpoints.clone(),
+        );
+        r.register(
+            "owner_record_writes",
+            "Writes of this pod's ownership record, by result",
+            metrics.owner_record_writes.clone(),
+        );
         metrics
+    }
+
+    pub fn count(family: &Family<ResultLabels, Counter>, result: &'static str) {
+        family.get_or_create(&ResultLabels { result }).inc();
     }
 }

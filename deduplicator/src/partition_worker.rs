@@ -290,7 +290,7 @@ impl PartitionWorker {
 }
 
 /// Completes once the partition is fenced (or its handle is gone).
-async fn fenced(fence: &mut watch::Receiver<bool>) {
+pub(crate) async fn fenced(fence: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send: drop it here, not in the caller.
     let _ = fence.wait_for(|fenced| *fenced).await;
 }

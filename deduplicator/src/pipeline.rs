@@ -1,9 +1,12 @@
 //! What every part of the running deduplicator shares: settings, metrics, the in-flight
-//! tracker, the publisher, the store memory, and the process health.
+//! tracker, the publisher, the store memory, the checkpoint remote, and the process
+//! health.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+use dedup_core::checkpoint::loader::CheckpointLoader;
+use dedup_core::checkpoint::remote::Remote;
 use dedup_core::http::Health;
 use dedup_core::store::{StoreError, StoreResources};
 
@@ -19,6 +22,10 @@ pub struct Pipeline {
     pub publisher: Arc<Publisher>,
     pub resources: StoreResources,
     pub health: Health,
+    /// Where checkpoints are uploaded; `None`: they stay local.
+    pub remote: Option<Remote>,
+    /// Restores partition stores on assignment (with a remote only).
+    pub loader: Option<CheckpointLoader>,
     /// Partitions whose store cannot be opened or written; the process is not healthy
     /// while any is listed.
     failing: Mutex<BTreeSet<i32>>,
@@ -30,8 +37,19 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         publisher: Publisher,
         health: Health,
+        remote: Option<Remote>,
     ) -> Self {
+        let loader = remote.clone().map(|remote| CheckpointLoader {
+            remote,
+            key_prefix: config.remote.s3_key_prefix.clone(),
+            concurrency: config.remote.concurrency(),
+            max_attempts: config.restore_max_attempts,
+            time_bound: config.restore_timeout,
+            progress: None,
+        });
         Self {
+            remote,
+            loader,
             tracker: MessageTracker::new(
                 config.max_in_flight_messages as usize,
                 Arc::clone(&metrics),

@@ -11,12 +11,17 @@
 //! published). The partition's queue is split off before it is assigned, so its messages
 //! go to its own worker task from the first one.
 //!
-//! [`RebalanceHandler::open_store`] opens the local store only; restoring a missing or
-//! stale store from a remote checkpoint belongs there, before the offsets are compared
-//! (not wired yet: the checkpoint loop and restore-on-assignment are still to come).
+//! With a checkpoint remote, the store is prepared in the partition's own task instead
+//! ([`crate::partition_restore`]): restored when the local one is missing or behind the
+//! newest remote checkpoint, while the other partitions keep flowing.
+//!
+//! Checkpoints of a revoked partition: its checkpoint lock is taken after the fence, so
+//! an upload in progress either published its manifest before the partition was given
+//! up or will see the fence and publish nothing.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -34,7 +39,8 @@ use tokio::task::JoinHandle;
 
 use crate::message_tracker::PartitionTracker;
 use crate::metrics::{KindLabels, PartitionLabels};
-use crate::partition_worker::{PartitionWorker, WorkerExit};
+use crate::partition_restore::{plan_start, prepare_store};
+use crate::partition_worker::{fenced, PartitionWorker, WorkerExit};
 use crate::pipeline::Pipeline;
 
 pub type DedupConsumer = rdkafka::consumer::StreamConsumer<DedupContext>;
@@ -87,17 +93,21 @@ impl ConsumerContext for DedupContext {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 handler.count("assign");
-                handler.assign(consumer, tpl);
-                if cooperative {
+                let generation = handler.assign(consumer, tpl);
+                let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
                     consumer.assign(tpl)
-                }
+                };
+                handler.applied.send_replace(generation);
+                handler.publish_owned();
+                result
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 handler.count("revoke");
                 let partitions = tpl.elements().iter().map(|e| e.partition()).collect();
                 handler.revoke(consumer, partitions);
+                handler.publish_owned();
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -119,12 +129,28 @@ impl ConsumerContext for DedupContext {
     }
 }
 
+/// The store of a partition, once it is ready (at once without a remote, after the
+/// restore check with one).
+type StoreSlot = Arc<OnceLock<Arc<PartitionStore>>>;
+
 struct PartitionHandle {
-    store: Arc<PartitionStore>,
+    store: StoreSlot,
     tracker: Arc<PartitionTracker>,
     fence: watch::Sender<bool>,
     stray: mpsc::UnboundedSender<OwnedMessage>,
     task: JoinHandle<WorkerExit>,
+    /// Held by the checkpoint exporter while it commits a remote checkpoint.
+    checkpoint_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// What the checkpoint exporter needs of an owned partition.
+pub struct ExportTarget {
+    pub partition: i32,
+    pub store: Weak<PartitionStore>,
+    /// True once the partition is being given up.
+    pub fence: watch::Receiver<bool>,
+    /// Take it, then check the fence, before publishing a manifest or collecting garbage.
+    pub checkpoint_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub struct RebalanceHandler {
@@ -132,16 +158,46 @@ pub struct RebalanceHandler {
     consumer: OnceLock<Weak<DedupConsumer>>,
     partitions: Mutex<HashMap<i32, PartitionHandle>>,
     runtime: Handle,
+    /// Counts assignments; `applied` is the newest one handed to the consumer, so a
+    /// partition task knows when its partition is assigned (and may pause or seek it).
+    generation: AtomicU64,
+    applied: watch::Sender<u64>,
+    /// The partitions owned after the latest rebalance (for the ownership record).
+    owners: watch::Sender<Vec<i32>>,
+    /// Subscribed at creation, so that no rebalance is missed.
+    owners_rx: Mutex<Option<watch::Receiver<Vec<i32>>>>,
 }
 
 impl RebalanceHandler {
     pub fn new(pipeline: Arc<Pipeline>, runtime: Handle) -> Self {
+        let (owners, owners_rx) = watch::channel(Vec::new());
         Self {
             pipeline,
             consumer: OnceLock::new(),
             partitions: Mutex::new(HashMap::new()),
             runtime,
+            generation: AtomicU64::new(0),
+            applied: watch::channel(0).0,
+            owners,
+            owners_rx: Mutex::new(Some(owners_rx)),
         }
+    }
+
+    /// The partitions owned after each rebalance (not emptied by shutdown: the record
+    /// tells the restorer what this pod will most likely own again).
+    /// Every rebalance since the handler was created is seen as a change.
+    pub fn owners(&self) -> watch::Receiver<Vec<i32>> {
+        self.owners_rx
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+            .unwrap_or_else(|| self.owners.subscribe())
+    }
+
+    fn publish_owned(&self) {
+        let mut owned = self.owned();
+        owned.sort_unstable();
+        self.owners.send_replace(owned);
     }
 
     /// Gives the handler the consumer it serves (it needs it to split partition queues).
@@ -159,8 +215,26 @@ impl RebalanceHandler {
     pub fn stores(&self) -> Vec<(i32, Weak<PartitionStore>)> {
         self.partitions()
             .iter()
-            .map(|(p, h)| (*p, Arc::downgrade(&h.store)))
+            .filter_map(|(p, h)| h.store.get().map(|s| (*p, Arc::downgrade(s))))
             .collect()
+    }
+
+    /// Owned partitions whose store is ready, for the checkpoint exporter.
+    pub fn export_targets(&self) -> Vec<ExportTarget> {
+        let mut targets: Vec<ExportTarget> = self
+            .partitions()
+            .iter()
+            .filter_map(|(p, h)| {
+                h.store.get().map(|s| ExportTarget {
+                    partition: *p,
+                    store: Arc::downgrade(s),
+                    fence: h.fence.subscribe(),
+                    checkpoint_lock: Arc::clone(&h.checkpoint_lock),
+                })
+            })
+            .collect();
+        targets.sort_by_key(|t| t.partition);
+        targets
     }
 
     /// Hands a message that arrived on the consumer's main queue to its partition's
@@ -173,7 +247,10 @@ impl RebalanceHandler {
         }
     }
 
-    fn assign<C: Consumer<DedupContext>>(&self, consumer: &C, tpl: &mut TopicPartitionList) {
+    /// Starts a worker for every assigned partition of the topic; returns the
+    /// assignment's generation.
+    fn assign<C: Consumer<DedupContext>>(&self, consumer: &C, tpl: &mut TopicPartitionList) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let topic = self.pipeline.config.kafka_consumer_topic.clone();
         let committed = match consumer.committed_offsets(tpl.clone(), COMMITTED_OFFSETS_TIMEOUT) {
             Ok(committed) => Some(committed),
@@ -184,7 +261,7 @@ impl RebalanceHandler {
         };
         let Some(stream_consumer) = self.consumer.get().and_then(Weak::upgrade) else {
             tracing::error!("rebalance before the consumer was attached");
-            return;
+            return generation;
         };
         let assigned: Vec<i32> = tpl
             .elements()
@@ -200,46 +277,33 @@ impl RebalanceHandler {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            let store = match self.open_store(&topic, partition) {
-                Ok(store) => store,
-                Err(error) => {
-                    // Without a store the partition cannot be deduplicated: do not consume
-                    // it (nothing is committed, nothing lost) and report unhealthy.
-                    self.pipeline.store_failed(partition, &error);
-                    tracing::error!(partition, %error, "cannot open the partition store; not consuming it");
-                    continue;
-                }
-            };
-            let store_next = match store.next_offset() {
-                Ok(Some(next)) => Some(next),
-                Ok(None) => {
-                    // A new store knows nothing before where consumption starts. Record that
-                    // point durably now, so that after a crash that loses its unflushed keys
-                    // it is known to be behind and the gap is replayed.
-                    let start = committed_offset.unwrap_or(0);
-                    if let Err(error) = store.record_next_offset(start).and_then(|()| store.flush())
-                    {
-                        tracing::warn!(partition, %error, "cannot record the new store's start offset");
+            let start = if self.pipeline.loader.is_some() {
+                // Restore check in the partition's task, off this callback.
+                Start::Prepare { generation }
+            } else {
+                match self.open_store(&topic, partition) {
+                    Ok(store) => {
+                        let plan = plan_start(&store, partition, committed_offset);
+                        let mut catch_up_until = plan.catch_up_until;
+                        if let Some(start) = plan.start {
+                            if let Err(error) = tpl_set(tpl, &topic, partition, start) {
+                                tracing::warn!(partition, %error, "cannot set the start offset");
+                                catch_up_until = None;
+                            }
+                        }
+                        Start::Ready {
+                            store: Box::new(store),
+                            catch_up_until,
+                        }
                     }
-                    Some(start)
-                }
-                Err(error) => {
-                    tracing::warn!(partition, %error, "cannot read the store's offset; no catch-up replay");
-                    None
-                }
-            };
-            let catch_up_until = match (store_next, committed_offset) {
-                (Some(start), Some(committed)) if start < committed => {
-                    if let Err(error) = tpl_set(tpl, &topic, partition, start) {
-                        tracing::warn!(partition, %error, "cannot set the catch-up start offset");
-                        None
-                    } else {
-                        tracing::info!(partition, from = start, to = committed,
-                            "store is behind the committed offset; replaying the gap in catch-up mode");
-                        Some(committed)
+                    Err(error) => {
+                        // Without a store the partition cannot be deduplicated: do not
+                        // consume it (nothing is committed, nothing lost); report unhealthy.
+                        self.pipeline.store_failed(partition, &error);
+                        tracing::error!(partition, %error, "cannot open the partition store; not consuming it");
+                        continue;
                     }
                 }
-                _ => None,
             };
             let Some(queue) = stream_consumer.split_partition_queue(&topic, partition) else {
                 tracing::error!(
@@ -251,10 +315,9 @@ impl RebalanceHandler {
             self.start_worker(
                 &topic,
                 partition,
-                store,
+                start,
                 queue,
                 committed_offset,
-                catch_up_until,
                 &stream_consumer,
             );
         }
@@ -262,44 +325,83 @@ impl RebalanceHandler {
             .metrics
             .assigned_partitions
             .set(self.partitions().len() as i64);
+        generation
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn start_worker(
         &self,
         topic: &str,
         partition: i32,
-        store: PartitionStore,
+        start: Start,
         queue: PartitionQueue,
         committed: Option<i64>,
-        catch_up_until: Option<i64>,
         consumer: &Arc<DedupConsumer>,
     ) {
-        let store = Arc::new(store);
         let tracker = self.pipeline.tracker.partition(partition, committed);
         let (fence, fence_rx) = watch::channel(false);
         let (stray, stray_rx) = mpsc::unbounded_channel();
-        let worker = PartitionWorker {
-            topic: topic.to_string(),
-            partition,
-            queue,
-            store: Arc::clone(&store),
-            tracker: Arc::clone(&tracker),
-            pipeline: Arc::clone(&self.pipeline),
-            consumer: Arc::clone(consumer),
-            catch_up_until,
-            fence: fence_rx,
-        };
-        let task = self.runtime.spawn(worker.run(stray_rx));
-        tracing::info!(partition, ?committed, ?catch_up_until, "partition assigned");
+        let slot: StoreSlot = Arc::new(OnceLock::new());
+        let worker_slot = Arc::clone(&slot);
+        let pipeline = Arc::clone(&self.pipeline);
+        let consumer = Arc::clone(consumer);
+        let tracker_for_worker = Arc::clone(&tracker);
+        let topic = topic.to_string();
+        let mut applied = self.applied.subscribe();
+        let task = self.runtime.spawn(async move {
+            let mut fence = fence_rx.clone();
+            let (store, catch_up_until) = match start {
+                Start::Ready {
+                    store,
+                    catch_up_until,
+                } => (*store, catch_up_until),
+                Start::Prepare { generation } => {
+                    let prepared = tokio::select! {
+                        biased;
+                        _ = fenced(&mut fence) => None,
+                        prepared = async {
+                            // Pausing or seeking needs the partition assigned first.
+                            let _ = applied.wait_for(|g| *g >= generation).await;
+                            prepare_store(&pipeline, &consumer, &topic, partition, committed).await
+                        } => prepared,
+                    };
+                    match prepared {
+                        Some(prepared) => prepared,
+                        None => return WorkerExit { committable: None },
+                    }
+                }
+            };
+            let store = Arc::new(store);
+            let _ = worker_slot.set(Arc::clone(&store));
+            tracing::info!(
+                partition,
+                ?committed,
+                ?catch_up_until,
+                "partition store ready; consuming"
+            );
+            PartitionWorker {
+                topic,
+                partition,
+                queue,
+                store,
+                tracker: tracker_for_worker,
+                pipeline,
+                consumer,
+                catch_up_until,
+                fence: fence_rx,
+            }
+            .run(stray_rx)
+            .await
+        });
+        tracing::info!(partition, ?committed, "partition assigned");
         self.partitions().insert(
             partition,
             PartitionHandle {
-                store,
+                store: slot,
                 tracker,
                 fence,
                 stray,
                 task,
+                checkpoint_lock: Arc::new(tokio::sync::Mutex::new(())),
             },
         );
     }
@@ -331,6 +433,19 @@ impl RebalanceHandler {
             handle.tracker.fence();
             let _ = handle.fence.send(true);
         }
+        // A checkpoint commit in progress finishes first; any later one sees the fence.
+        for (partition, handle) in &handles {
+            let lock = Arc::clone(&handle.checkpoint_lock);
+            let waited = self.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), lock.lock_owned()).await
+            });
+            if waited.is_err() {
+                tracing::error!(
+                    partition,
+                    "a checkpoint upload held the partition for 30 s after its revocation"
+                );
+            }
+        }
         // Workers stop within the drain timeout; allow for the final store call too.
         let bound = self.pipeline.config.rebalance_drain_timeout + Duration::from_secs(5);
         let topic = self.pipeline.config.kafka_consumer_topic.clone();
@@ -356,7 +471,9 @@ impl RebalanceHandler {
             {
                 let _ = offsets.add_partition_offset(&topic, partition, Offset::Offset(next));
             }
-            stores.push((partition, handle.store));
+            if let Some(store) = handle.store.get() {
+                stores.push((partition, Arc::clone(store)));
+            }
         }
         if offsets.count() > 0 {
             if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
@@ -434,6 +551,18 @@ impl RebalanceHandler {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// How a partition's worker gets its store.
+enum Start {
+    /// Opened and planned in the rebalance callback (no remote).
+    Ready {
+        store: Box<PartitionStore>,
+        catch_up_until: Option<i64>,
+    },
+    /// Restore check, open and plan in the partition's task once assignment `generation`
+    /// is applied.
+    Prepare { generation: u64 },
 }
 
 fn tpl_set(

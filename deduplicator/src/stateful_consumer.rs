@@ -17,6 +17,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message};
 use tokio::runtime::Handle;
 
+use crate::checkpoint_exporter::{owner_record_loop, CheckpointExporter};
 use crate::config::Config;
 use crate::metrics::{KindLabels, Metrics, PartitionLabels};
 use crate::pipeline::Pipeline;
@@ -108,6 +109,8 @@ impl StatefulKafkaConsumer {
             })?;
         tracing::info!(topic, group = %self.pipeline.config.kafka_consumer_group, "subscribed");
         let retention = tokio::spawn(retention_loop(Arc::clone(&self.handler)));
+        let exporter = tokio::spawn(CheckpointExporter::new(Arc::clone(&self.handler)).run());
+        let owner_record = tokio::spawn(owner_record_loop(Arc::clone(&self.handler)));
 
         tokio::pin!(shutdown);
         loop {
@@ -133,6 +136,11 @@ impl StatefulKafkaConsumer {
         tracing::info!("shutting down: draining partitions");
         self.pipeline.health.set_not_ready("shutting down");
         retention.abort();
+        exporter.abort();
+        owner_record.abort();
+        // An upload in progress is abandoned (never half-published: the manifest comes
+        // last); the next owner restores the previous checkpoint and catches up.
+        let _ = exporter.await;
         let deadline = self.pipeline.config.shutdown_timeout;
         let started = std::time::Instant::now();
         let handler = Arc::clone(&self.handler);
@@ -199,7 +207,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .unwrap_or("(none: pass malformed through)"),
         "starting"
     );
-    let pipeline = Arc::new(Pipeline::new(config, metrics, publisher, health));
+    let remote = config.remote.connect().await;
+    match &remote {
+        Some(remote) => tracing::info!(%remote, prefix = config.remote.s3_key_prefix,
+            interval = ?config.checkpoint_interval, "checkpoints uploaded to the remote; stores restored from it on assignment"),
+        None => tracing::warn!(dir = %config.local_checkpoint_dir.display(),
+            "no S3_BUCKET (or CHECKPOINT_REMOTE_DIR): checkpoints stay on the local volume only; a partition moving to another pod is rebuilt by catch-up replay, not restored"),
+    }
+    if remote.is_some() && config.pod_name.is_none() {
+        tracing::warn!("POD_NAME is not set: no ownership record is written, so the restorer cannot prepare this process's partitions");
+    }
+    let pipeline = Arc::new(Pipeline::new(config, metrics, publisher, health, remote));
     let result = StatefulKafkaConsumer::new(pipeline)?.run(shutdown).await;
     let _ = stop_http.send(());
     let _ = server.await;

@@ -159,17 +159,34 @@ pub async fn upload_files<R: CheckpointRemote>(
             to_send.push(file);
         }
     }
-    let mut puts = stream::iter(to_send.into_iter().map(|file| {
-        let key = format!("{prefix}/{}", file.remote_key);
-        let path = checkpoint_dir.join(&file.local_name);
-        async move { remote.put_file(&key, &path).await.map(|()| file.size) }
-    }))
-    .buffer_unordered(concurrency.max(1));
+    // Futures collected first: a stream over a closure that borrows trips the compiler's
+    // `Send` inference (rust-lang/rust#102211) in callers that spawn this.
+    let puts: Vec<_> = to_send
+        .into_iter()
+        .map(|file| {
+            put_one(
+                remote,
+                format!("{prefix}/{}", file.remote_key),
+                checkpoint_dir.join(&file.local_name),
+                file.size,
+            )
+        })
+        .collect();
+    let mut puts = stream::iter(puts).buffer_unordered(concurrency.max(1));
     while let Some(sent) = puts.next().await {
         stats.bytes_uploaded += sent?;
         stats.files_uploaded += 1;
     }
     Ok(stats)
+}
+
+async fn put_one<R: CheckpointRemote>(
+    remote: &R,
+    key: String,
+    path: PathBuf,
+    size: u64,
+) -> Result<u64, RemoteError> {
+    remote.put_file(&key, &path).await.map(|()| size)
 }
 
 /// Writes a checkpoint's manifest: the commit marker, after all of its files.
@@ -331,25 +348,12 @@ async fn download_verified<R: CheckpointRemote>(
         bytes_done: 0,
         bytes_total: manifest.size(),
     };
-    let mut fetches = stream::iter(manifest.files.iter().map(|file| async move {
-        let local = staging.join(&file.local_name);
-        if verify_blocking(&local, file).await.is_ok() {
-            return Ok((file.size, true));
-        }
-        let key = format!("{prefix}/{}", file.remote_key);
-        if !remote
-            .get_file(&key, &local)
-            .await
-            .map_err(Problem::Remote)?
-        {
-            return Err(Problem::Corrupt(format!("{} is missing", file.remote_key)));
-        }
-        verify_blocking(&local, file)
-            .await
-            .map_err(Problem::Corrupt)?;
-        Ok((file.size, false))
-    }))
-    .buffer_unordered(options.concurrency.max(1));
+    let fetches: Vec<_> = manifest
+        .files
+        .iter()
+        .map(|file| fetch_one(remote, prefix, staging, file))
+        .collect();
+    let mut fetches = stream::iter(fetches).buffer_unordered(options.concurrency.max(1));
     let mut resumed = 0;
     while let Some(done) = fetches.next().await {
         let (size, was_there) = done?;
@@ -361,6 +365,31 @@ async fn download_verified<R: CheckpointRemote>(
         }
     }
     Ok(resumed)
+}
+
+/// Downloads one file unless it is already there and valid; `(size, was_there)`.
+async fn fetch_one<R: CheckpointRemote>(
+    remote: &R,
+    prefix: &str,
+    staging: &Path,
+    file: &ManifestFile,
+) -> Result<(u64, bool), Problem> {
+    let local = staging.join(&file.local_name);
+    if verify_blocking(&local, file).await.is_ok() {
+        return Ok((file.size, true));
+    }
+    let key = format!("{prefix}/{}", file.remote_key);
+    if !remote
+        .get_file(&key, &local)
+        .await
+        .map_err(Problem::Remote)?
+    {
+        return Err(Problem::Corrupt(format!("{} is missing", file.remote_key)));
+    }
+    verify_blocking(&local, file)
+        .await
+        .map_err(Problem::Corrupt)?;
+    Ok((file.size, false))
 }
 
 async fn verify_blocking(path: &Path, file: &ManifestFile) -> Result<(), String> {

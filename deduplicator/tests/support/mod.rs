@@ -356,6 +356,19 @@ impl DedupSpec {
         for (key, value) in &self.extra {
             command.env(key, value);
         }
+        if !self.extra.iter().any(|(k, _)| k == "LOCAL_CHECKPOINT_DIR") {
+            // Beside the store (hard links need the same filesystem), not in the cwd.
+            command.env(
+                "LOCAL_CHECKPOINT_DIR",
+                self.store.with_file_name(format!(
+                    "{}-checkpoints",
+                    self.store
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                )),
+            );
+        }
         let child = command.spawn().expect("spawn deduplicator");
         Dedup {
             child: Some(child),
@@ -468,11 +481,25 @@ pub fn sum_metric(metrics: &str, prefix: &str) -> f64 {
 }
 
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path)
+}
+
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    http_request_with(addr, method, path, "")
+}
+
+/// `headers`: extra header lines, each ending in `\r\n`.
+pub fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();
@@ -485,7 +512,130 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr")
+}
+
+/// The S3 the checkpoint tests use: `moto_server` started by
+/// `scripts/start-test-services.sh`, at `DEDUP_TEST_S3_ENDPOINT` (default
+/// http://127.0.0.1:5000). Not reachable: the test fails, unless
+/// `DEDUP_ALLOW_MISSING_SERVICES=1` (local runs only) makes it skip (`None`).
+pub fn test_s3() -> Option<TestS3> {
+    let endpoint =
+        std::env::var("DEDUP_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
+    let addr: SocketAddr = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("DEDUP_TEST_S3_ENDPOINT is http://IP:PORT");
+    if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
+        return Some(TestS3 {
+            addr,
+            bucket: unique_bucket(),
+        });
+    }
+    if std::env::var("DEDUP_ALLOW_MISSING_SERVICES").is_ok_and(|v| v == "1") {
+        eprintln!("skipping: no S3 at {endpoint} and DEDUP_ALLOW_MISSING_SERVICES=1");
+        return None;
+    }
+    panic!("no S3 at {endpoint}: run scripts/start-test-services.sh (moto_server)");
+}
+
+fn unique_bucket() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "dedup-it-{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        Instant::now().elapsed().as_nanos() % 1000
+    )
+}
+
+/// A bucket on an S3-compatible server (moto: no authentication needed for these plain
+/// HTTP calls; the deduplicator itself signs with test credentials).
+pub struct TestS3 {
+    pub addr: SocketAddr,
+    pub bucket: String,
+}
+
+impl TestS3 {
+    pub fn at(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            bucket: unique_bucket(),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A plain HTTP call to moto, which wants an `Authorization` header on object reads
+    /// but does not check the signature.
+    fn call(&self, method: &str, path: &str) -> Option<(u16, String)> {
+        http_request_with(
+            self.addr,
+            method,
+            path,
+            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\n",
+        )
+    }
+
+    pub fn create_bucket(&self) -> bool {
+        matches!(
+            self.call("PUT", &format!("/{}", self.bucket)),
+            Some((200, _))
+        )
+    }
+
+    pub fn delete(&self, key: &str) -> bool {
+        matches!(
+            self.call("DELETE", &format!("/{}/{key}", self.bucket)),
+            Some((204 | 200, _))
+        )
+    }
+
+    /// Every key under `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let Some((200, body)) = self.call(
+            "GET",
+            &format!("/{}?list-type=2&max-keys=1000&prefix={prefix}", self.bucket),
+        ) else {
+            return Vec::new();
+        };
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect()
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        match self.call("GET", &format!("/{}/{key}", self.bucket)) {
+            Some((200, body)) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// The settings that point a deduplicator (or restorer) at this bucket.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("S3_BUCKET", self.bucket.clone()),
+            ("S3_ENDPOINT", self.endpoint()),
+            ("S3_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl DedupSpec {
+    pub fn with_s3(mut self, s3: &TestS3) -> Self {
+        self.extra.extend(s3.env());
+        self
+    }
 }

@@ -1,0 +1,427 @@
+//! The CheckpointExporter: every `CHECKPOINT_INTERVAL`, for each owned partition,
+//! creates a local checkpoint (hard links; writes to the store wait only for the flush
+//! and the checkpoint call), keeps the newest `MAX_LOCAL_CHECKPOINTS`, and with a remote
+//! uploads it in the background: incremental (files no remote manifest references yet),
+//! full every `FULL_UPLOAD_INTERVAL`-th time, the manifest last; then garbage-collects
+//! the partition's remote checkpoints beyond `MAX_REMOTE_CHECKPOINTS`.
+//!
+//! The manifest and the garbage collection happen under the partition's checkpoint lock
+//! and only while the partition is not fenced, so a process that lost a partition never
+//! publishes a checkpoint of it nor deletes what its new owner is uploading.
+//!
+//! A failed upload is counted, logged and tried again at the next interval (with a new
+//! checkpoint); consumption never waits for it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dedup_core::checkpoint::manifest::{
+    file_checksum, CheckpointManifest, ManifestFile, UploadKind,
+};
+use dedup_core::checkpoint::remote::{CheckpointRemote, Remote, RemoteError};
+use dedup_core::checkpoint::{self, transfer, LocalCheckpoint};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::metrics::{KindLabels, Metrics, PartitionLabels};
+use crate::pipeline::Pipeline;
+use crate::rebalance_handler::{ExportTarget, RebalanceHandler};
+
+/// Checksums of immutable files (SSTs) already computed, by name and size, per
+/// partition: a checkpoint of a large store then reads only its new files.
+#[derive(Default)]
+struct ChecksumCache {
+    /// Partition → (its store's directory, checksum by file name and size).
+    by_partition: HashMap<i32, (PathBuf, Checksums)>,
+}
+
+type Checksums = HashMap<(String, u64), String>;
+
+pub struct CheckpointExporter {
+    handler: Arc<RebalanceHandler>,
+    checksums: ChecksumCache,
+}
+
+impl CheckpointExporter {
+    pub fn new(handler: Arc<RebalanceHandler>) -> Self {
+        Self {
+            handler,
+            checksums: ChecksumCache::default(),
+        }
+    }
+
+    /// Runs until aborted.
+    pub async fn run(mut self) {
+        let interval = self.handler.pipeline.config.checkpoint_interval;
+        if interval.is_zero() {
+            tracing::info!("checkpoints disabled (CHECKPOINT_INTERVAL=0)");
+            return;
+        }
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.export_all().await;
+        }
+    }
+
+    /// One checkpoint (and upload) of every owned partition whose store is ready.
+    pub async fn export_all(&mut self) {
+        let targets = self.handler.export_targets();
+        let owned: Vec<i32> = targets.iter().map(|t| t.partition).collect();
+        self.checksums.by_partition.retain(|p, _| owned.contains(p));
+        for target in targets {
+            self.export(target).await;
+        }
+    }
+
+    async fn export(&mut self, target: ExportTarget) {
+        let pipeline = Arc::clone(&self.handler.pipeline);
+        let config = &pipeline.config;
+        let metrics = &pipeline.metrics;
+        let partition = target.partition;
+        let topic = config.kafka_consumer_topic.clone();
+        let dir = checkpoint::partition_dir(&config.local_checkpoint_dir, &topic, partition);
+        let Some(store) = target.store.upgrade() else {
+            return;
+        };
+        let store_dir = store.path().to_path_buf();
+        let now_ms = now_ms();
+        let started = Instant::now();
+        let created = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || checkpoint::create_local(&store, &dir, now_ms))
+                .await
+        };
+        let local = match created {
+            Ok(Ok(local)) => local,
+            Ok(Err(error)) => {
+                Metrics::count(&metrics.checkpoints, "failure");
+                tracing::error!(partition, %error, "checkpoint creation failed");
+                return;
+            }
+            Err(error) => {
+                Metrics::count(&metrics.checkpoints, "failure");
+                tracing::error!(partition, %error, "checkpoint task failed");
+                return;
+            }
+        };
+        let pause = started.elapsed();
+        metrics.checkpoint_duration.observe(pause.as_secs_f64());
+        Metrics::count(&metrics.checkpoints, "success");
+        let keep = config.max_local_checkpoints as usize;
+        {
+            let dir = dir.clone();
+            match tokio::task::spawn_blocking(move || checkpoint::prune_local(&dir, keep)).await {
+                Ok(Err(error)) => {
+                    tracing::warn!(partition, %error, "pruning local checkpoints failed")
+                }
+                Err(error) => tracing::warn!(partition, %error, "pruning task failed"),
+                Ok(Ok(_)) => {}
+            }
+        }
+
+        let Some(remote) = pipeline.remote.clone() else {
+            let size = dir_size(&local.dir);
+            metrics
+                .checkpoint_size_bytes
+                .get_or_create(&PartitionLabels { partition })
+                .set(size as i64);
+            tracing::info!(partition, id = local.id, next_offset = ?local.next_offset,
+                size, pause_ms = pause.as_millis() as u64, "checkpoint created (local only)");
+            return;
+        };
+        let cache = self
+            .checksums
+            .by_partition
+            .entry(partition)
+            .or_insert_with(|| (store_dir.clone(), HashMap::new()));
+        if cache.0 != store_dir {
+            *cache = (store_dir, HashMap::new());
+        }
+        let upload_started = Instant::now();
+        match upload(
+            &pipeline,
+            &remote,
+            &target,
+            &topic,
+            &local,
+            now_ms,
+            &mut cache.1,
+        )
+        .await
+        {
+            Ok(Uploaded::Done { manifest, stats }) => {
+                let seconds = upload_started.elapsed().as_secs_f64();
+                metrics.checkpoint_upload_duration.observe(seconds);
+                Metrics::count(&metrics.checkpoint_uploads, "success");
+                let count = |family: &Family<KindLabels, Counter>, kind, value| {
+                    family.get_or_create(&KindLabels { kind }).inc_by(value);
+                };
+                count(
+                    &metrics.checkpoint_files,
+                    "uploaded",
+                    stats.files_uploaded as u64,
+                );
+                count(
+                    &metrics.checkpoint_files,
+                    "reused",
+                    stats.files_reused as u64,
+                );
+                count(&metrics.checkpoint_bytes, "uploaded", stats.bytes_uploaded);
+                count(&metrics.checkpoint_bytes, "reused", stats.bytes_reused);
+                metrics
+                    .checkpoint_size_bytes
+                    .get_or_create(&PartitionLabels { partition })
+                    .set(manifest.size() as i64);
+                metrics
+                    .checkpoint_remote_age
+                    .get_or_create(&PartitionLabels { partition })
+                    .set(0);
+                tracing::info!(partition, id = manifest.checkpoint_id, next_offset = ?manifest.next_offset,
+                    kind = ?manifest.kind, files_uploaded = stats.files_uploaded,
+                    bytes_uploaded = stats.bytes_uploaded, files_reused = stats.files_reused,
+                    pause_ms = pause.as_millis() as u64, upload_seconds = seconds,
+                    "checkpoint uploaded");
+            }
+            Ok(Uploaded::Fenced) => {
+                Metrics::count(&metrics.checkpoint_uploads, "fenced");
+                tracing::info!(
+                    partition,
+                    id = local.id,
+                    "partition given up during the upload; no manifest published"
+                );
+            }
+            Err(error) => {
+                Metrics::count(&metrics.checkpoint_uploads, "failure");
+                tracing::warn!(partition, id = local.id, %error,
+                    "checkpoint upload failed; retried at the next interval");
+            }
+        }
+    }
+}
+
+enum Uploaded {
+    Done {
+        manifest: CheckpointManifest,
+        stats: transfer::UploadStats,
+    },
+    Fenced,
+}
+
+async fn upload(
+    pipeline: &Pipeline,
+    remote: &Remote,
+    target: &ExportTarget,
+    topic: &str,
+    local: &LocalCheckpoint,
+    now_ms: i64,
+    checksums: &mut Checksums,
+) -> Result<Uploaded, RemoteError> {
+    let config = &pipeline.config;
+    let prefix = &config.remote.s3_key_prefix;
+    let partition = target.partition;
+    let state = transfer::remote_state(remote, prefix, topic, partition).await?;
+    if let Some(newest) = &state.newest {
+        pipeline
+            .metrics
+            .checkpoint_remote_age
+            .get_or_create(&PartitionLabels { partition })
+            .set((now_ms - newest.created_at_ms).max(0) / 1000);
+    }
+    let every = config.full_upload_interval.max(1) as usize;
+    let kind = if state.newest.is_none() || state.incrementals_since_full + 1 >= every {
+        UploadKind::Full
+    } else {
+        UploadKind::Incremental
+    };
+    let writer = config
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+    let manifest = {
+        let (checkpoint, topic, known) = (local.clone(), topic.to_string(), checksums.clone());
+        tokio::task::spawn_blocking(move || {
+            build_manifest_cached(
+                &checkpoint,
+                &topic,
+                partition,
+                &writer,
+                now_ms,
+                kind,
+                &known,
+            )
+        })
+        .await
+        .map_err(|e| RemoteError::io(&local.id, e))?
+        .map_err(|e| RemoteError::io(&local.id, e))?
+    };
+    for file in &manifest.files {
+        if file.local_name.ends_with(".sst") {
+            checksums.insert((file.local_name.clone(), file.size), file.checksum.clone());
+        }
+    }
+    let stats = transfer::upload_files(
+        remote,
+        prefix,
+        &manifest,
+        &local.dir,
+        &state.referenced,
+        config.remote.concurrency(),
+    )
+    .await?;
+
+    // Commit only while still the owner; revocation waits for this lock.
+    let _owner = target.checkpoint_lock.lock().await;
+    if *target.fence.borrow() {
+        return Ok(Uploaded::Fenced);
+    }
+    transfer::put_manifest(remote, prefix, &manifest).await?;
+    let keep = config.max_remote_checkpoints as usize;
+    match transfer::collect_garbage(remote, prefix, topic, partition, keep).await {
+        Ok(gc) => {
+            let metrics = &pipeline.metrics;
+            metrics
+                .checkpoint_gc_deleted
+                .get_or_create(&KindLabels { kind: "manifest" })
+                .inc_by(gc.manifests_deleted as u64);
+            metrics
+                .checkpoint_gc_deleted
+                .get_or_create(&KindLabels { kind: "file" })
+                .inc_by(gc.files_deleted as u64);
+        }
+        Err(error) => {
+            tracing::warn!(partition, %error, "remote checkpoint garbage collection failed")
+        }
+    }
+    Ok(Uploaded::Done { manifest, stats })
+}
+
+/// [`checkpoint::build_manifest`], reusing known checksums of SST files (immutable: a
+/// name and size seen before in this store is the same file).
+fn build_manifest_cached(
+    local: &LocalCheckpoint,
+    topic: &str,
+    partition: i32,
+    writer: &str,
+    now_ms: i64,
+    kind: UploadKind,
+    known: &Checksums,
+) -> std::io::Result<CheckpointManifest> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&local.dir)? {
+        let path = entry?.path();
+        let metadata = std::fs::metadata(&path)?;
+        if !metadata.is_file() {
+            continue;
+        }
+        let local_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cached = local_name
+            .ends_with(".sst")
+            .then(|| known.get(&(local_name.clone(), metadata.len())))
+            .flatten();
+        let (checksum, size) = match cached {
+            Some(checksum) => (checksum.clone(), metadata.len()),
+            None => file_checksum(&path)?,
+        };
+        files.push(ManifestFile {
+            remote_key: dedup_core::checkpoint::manifest::content_key(&local_name, &checksum, size),
+            local_name,
+            size,
+            checksum,
+        });
+    }
+    files.sort_by(|a, b| a.local_name.cmp(&b.local_name));
+    Ok(CheckpointManifest {
+        format_version: dedup_core::checkpoint::manifest::MANIFEST_FORMAT_VERSION,
+        topic: topic.to_string(),
+        partition,
+        checkpoint_id: local.id.clone(),
+        created_at_ms: now_ms,
+        next_offset: local.next_offset,
+        writer: writer.to_string(),
+        kind,
+        files,
+    })
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Keeps `owners/{consumer_group}/{pod_name}.json` up to date with the partitions this
+/// pod owns after each rebalance; the restorer reads it before the pod's next start.
+pub async fn owner_record_loop(handler: Arc<RebalanceHandler>) {
+    let pipeline = Arc::clone(&handler.pipeline);
+    let config = &pipeline.config;
+    let (Some(remote), Some(pod)) = (pipeline.remote.clone(), config.pod_name.clone()) else {
+        return;
+    };
+    let key = dedup_core::checkpoint::manifest::owner_key(
+        &config.remote.s3_key_prefix,
+        &config.kafka_consumer_group,
+        &pod,
+    );
+    let mut owners = handler.owners();
+    let mut pending = false;
+    loop {
+        if !pending && owners.changed().await.is_err() {
+            return;
+        }
+        pending = false;
+        let partitions = owners.borrow_and_update().clone();
+        let record = dedup_core::checkpoint::manifest::OwnerRecord {
+            format_version: dedup_core::checkpoint::manifest::MANIFEST_FORMAT_VERSION,
+            consumer_group: config.kafka_consumer_group.clone(),
+            pod_name: pod.clone(),
+            topic: config.kafka_consumer_topic.clone(),
+            partitions: partitions.clone(),
+            updated_at_ms: now_ms(),
+        };
+        let Ok(bytes) = record.to_json() else {
+            continue;
+        };
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match remote.put_bytes(&key, bytes.clone()).await {
+                Ok(()) => {
+                    Metrics::count(&pipeline.metrics.owner_record_writes, "success");
+                    tracing::info!(key, ?partitions, "ownership record written");
+                    break;
+                }
+                Err(error) => {
+                    Metrics::count(&pipeline.metrics.owner_record_writes, "failure");
+                    tracing::warn!(key, %error, ?backoff, "writing the ownership record failed; retrying");
+                    // A newer assignment supersedes this record.
+                    if let Ok(Ok(())) = tokio::time::timeout(backoff, owners.changed()).await {
+                        pending = true;
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}

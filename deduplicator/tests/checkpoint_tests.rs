@@ -1,0 +1,308 @@
+//! Checkpoints through the real binary: partition state that follows its partition
+//! between processes with separate store directories (as two pods have), through S3
+//! (`moto_server`, see `support::test_s3`), and consumption that does not wait for an
+//! unreachable S3. Kafka is the mock cluster or `KAFKA_TEST_BOOTSTRAP_SERVERS`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const PARTITIONS: i32 = 4;
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Checks the output against the truth: every unique event present, every extra copy a
+/// redelivery of the original. Returns the redelivered count.
+fn verify_no_loss(events: &[GenEvent], output: &[rdkafka::message::OwnedMessage]) -> usize {
+    let mut originals: HashMap<String, String> = HashMap::new();
+    for e in events {
+        originals
+            .entry(e.dedup_key())
+            .or_insert_with(|| e.uuid.clone());
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for message in output {
+        let published = parse_published(message).expect("output is a generated event");
+        let original = originals
+            .get(&published.dedup_key)
+            .unwrap_or_else(|| panic!("unknown key published: {}", published.dedup_key));
+        assert_eq!(
+            &published.uuid, original,
+            "a copy (not the original) of {} was published: its duplicate state was lost",
+            published.dedup_key
+        );
+        *seen.entry(published.dedup_key).or_default() += 1;
+    }
+    let missing = originals.keys().filter(|k| !seen.contains_key(*k)).count();
+    assert_eq!(missing, 0, "unique events lost");
+    seen.values().map(|n| n - 1).sum()
+}
+
+/// Copies (new uuid, same key) of the given events.
+fn copies_of(events: &[GenEvent], tag: &str) -> Vec<GenEvent> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| GenEvent {
+            uuid: format!("{tag}-{i}"),
+            is_copy: true,
+            ..e.clone()
+        })
+        .collect()
+}
+
+fn produce(kafka: &TestKafka, topic: &str, events: &[GenEvent]) {
+    kafka.produce(
+        topic,
+        &events.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+    );
+}
+
+#[test]
+fn partition_state_travels_through_s3_to_a_process_with_its_own_store() {
+    let Some(s3) = test_s3() else { return };
+    assert!(s3.create_bucket(), "create bucket {}", s3.bucket);
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", PARTITIONS);
+    let output = kafka.topic("out", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |pod: &str| {
+        DedupSpec {
+            pod_name: Some(pod.into()),
+            ..DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join(pod))
+        }
+        .with_s3(&s3)
+        .env("CHECKPOINT_INTERVAL", "1s")
+        .env("DEDUP_WINDOW", "0")
+    };
+    let events = generate(3_000, 20, PARTITIONS, 7, "h1");
+
+    let mut a = spec("dedup-a").spawn(dir.path(), "a");
+    produce(&kafka, &input, &events);
+    a.wait_until("first events consumed", WAIT, |d| {
+        d.metric("dedup_messages_in_total") >= 3_000.0
+    });
+    let uploads_before = a.metric("dedup_checkpoint_uploads_total{result=\"success\"}");
+    a.wait_until(
+        "a checkpoint of every partition uploaded after that",
+        WAIT,
+        |d| {
+            d.metric("dedup_checkpoint_uploads_total{result=\"success\"}")
+                >= uploads_before + 2.0 * PARTITIONS as f64
+        },
+    );
+    let owners_a = s3
+        .get(&format!(
+            "deduplication-checkpoints/owners/dedup-{input}/dedup-a.json"
+        ))
+        .unwrap_or_else(|| {
+            panic!(
+                "ownership record of dedup-a in {:?}\n{}",
+                s3.keys(""),
+                a.log_tail()
+            )
+        });
+    assert!(owners_a.contains("\"partitions\""), "{owners_a}");
+
+    // b has its own, empty, store directory: the state can only come through S3.
+    let mut b = spec("dedup-b").spawn(dir.path(), "b");
+    b.wait_until("b owns partitions", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") >= 1.0
+    });
+    a.wait_until("a gave some up", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") < PARTITIONS as f64
+    });
+    assert!(a.terminate().success());
+    b.wait_until("b owns everything", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") >= PARTITIONS as f64
+    });
+
+    // Copies of everything seen before the handoff, plus new events.
+    let copies = copies_of(&events, "h1-copy");
+    let fresh = generate(1_000, 0, PARTITIONS, 8, "h2");
+    produce(&kafka, &input, &copies);
+    produce(&kafka, &input, &fresh);
+    let total = (events.len() + copies.len() + fresh.len()) as f64;
+    b.wait_until("everything committed", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= total - 0.5
+            && d.metric("dedup_in_flight_messages") == 0.0
+    });
+    assert!(
+        b.metric("dedup_events_total{outcome=\"duplicate\"}") >= copies.len() as f64,
+        "every copy of a pre-handoff event is a duplicate"
+    );
+    assert_eq!(
+        b.metric("dedup_restores_total{result=\"restored"),
+        PARTITIONS as f64,
+        "every partition was restored from a's checkpoints"
+    );
+    let owners_b = s3
+        .get(&format!(
+            "deduplication-checkpoints/owners/dedup-{input}/dedup-b.json"
+        ))
+        .expect("ownership record of dedup-b");
+    assert!(
+        owners_b.contains("\"partitions\": [\n    0,\n    1,\n    2,\n    3\n  ]"),
+        "{owners_b}"
+    );
+    assert!(b.terminate().success());
+
+    let all: Vec<GenEvent> = events
+        .iter()
+        .chain(&copies)
+        .chain(&fresh)
+        .cloned()
+        .collect();
+    let mut uniques: Vec<&GenEvent> = all.iter().filter(|e| !e.is_copy).collect();
+    uniques.dedup_by_key(|e| e.dedup_key());
+    let published = kafka.read_all(&output, PARTITIONS, uniques.len(), Duration::from_secs(2));
+    let redelivered = verify_no_loss(&all, &published);
+    eprintln!(
+        "handoff through S3: {} unique, {} redelivered originals",
+        uniques.len(),
+        redelivered
+    );
+}
+
+/// A `moto_server` of this test's own, so that it can be started late and stopped.
+struct OwnS3 {
+    child: Child,
+}
+
+impl OwnS3 {
+    fn start(s3: &TestS3) -> Self {
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &s3.addr.port().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server on PATH (scripts/install-deps.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&s3.addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child }
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn consumption_continues_while_s3_is_unreachable_and_uploads_resume_after() {
+    // Needs the moto installation the S3 tests need; its own server on a free port.
+    if test_s3().is_none() {
+        return;
+    }
+    let s3 = TestS3::at(free_port());
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", PARTITIONS);
+    let output = kafka.topic("out", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DedupSpec {
+        pod_name: Some("dedup-0".into()),
+        ..DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join("store"))
+    }
+    .with_s3(&s3)
+    .env("CHECKPOINT_INTERVAL", "1s")
+    .env("S3_MAX_ATTEMPTS", "1")
+    .env("S3_REQUEST_TIMEOUT", "2s")
+    .env("RESTORE_MAX_ATTEMPTS", "1")
+    .env("RESTORE_TIMEOUT", "5s")
+    .env("DEDUP_WINDOW", "0");
+    let events = generate(4_000, 20, PARTITIONS, 9, "o1");
+
+    let mut dedup = spec.spawn(dir.path(), "dedup");
+    produce(&kafka, &input, &events);
+    dedup.wait_until("everything consumed and committed without S3", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= events.len() as f64 - 0.5
+            && d.metric("dedup_checkpoint_uploads_total{result=\"failure\"}") >= PARTITIONS as f64
+    });
+    assert_eq!(
+        dedup.metric("dedup_restores_total{result=\"remote_failed\"}"),
+        PARTITIONS as f64,
+        "every partition started without its restore"
+    );
+    assert_eq!(
+        dedup.metric("dedup_checkpoint_uploads_total{result=\"success\"}"),
+        0.0
+    );
+
+    let server = OwnS3::start(&s3);
+    assert!(s3.create_bucket());
+    dedup.wait_until("uploads succeed once S3 is back", WAIT, |d| {
+        d.metric("dedup_checkpoint_uploads_total{result=\"success\"}") >= PARTITIONS as f64
+    });
+    for partition in 0..PARTITIONS {
+        let manifests = s3.keys(&format!(
+            "deduplication-checkpoints/{input}/{partition}/manifests/"
+        ));
+        assert!(
+            !manifests.is_empty(),
+            "partition {partition} has a remote checkpoint"
+        );
+    }
+    let owner_key = format!("deduplication-checkpoints/owners/dedup-{input}/dedup-0.json");
+    dedup.wait_until(
+        "the ownership record is written once S3 is back",
+        WAIT,
+        |_| s3.get(&owner_key).is_some(),
+    );
+    assert!(dedup.terminate().success());
+    drop(server);
+
+    let mut uniques: Vec<&GenEvent> = events.iter().filter(|e| !e.is_copy).collect();
+    uniques.dedup_by_key(|e| e.dedup_key());
+    let published = kafka.read_all(&output, PARTITIONS, uniques.len(), Duration::from_secs(2));
+    verify_no_loss(&events, &published);
+}
+
+#[test]
+fn without_a_remote_checkpoints_stay_local_and_are_pruned() {
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    let spec = DedupSpec::new(&kafka, &input, None, &dir.path().join("store"))
+        .env("CHECKPOINT_INTERVAL", "1s")
+        .env("MAX_LOCAL_CHECKPOINTS", "2")
+        .env("LOCAL_CHECKPOINT_DIR", checkpoints.to_str().unwrap());
+    produce(&kafka, &input, &generate(500, 10, 2, 11, "l1"));
+    let mut dedup = spec.spawn(dir.path(), "dedup");
+    dedup.wait_until("four rounds of checkpoints", WAIT, |d| {
+        d.metric("dedup_checkpoints_total{result=\"success\"}") >= 8.0
+    });
+    assert!(dedup.terminate().success());
+    for partition in 0..2 {
+        let partition_dir = checkpoints.join(format!("{input}_{partition}"));
+        let kept: Vec<_> = std::fs::read_dir(&partition_dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .collect();
+        assert_eq!(
+            kept.len(),
+            2,
+            "{partition_dir:?} keeps MAX_LOCAL_CHECKPOINTS"
+        );
+        for checkpoint in kept {
+            assert!(checkpoint.path().join("CURRENT").exists());
+        }
+    }
+    assert!(dedup_log_mentions(
+        &dir,
+        "checkpoints stay on the local volume only"
+    ));
+}
+
+fn dedup_log_mentions(dir: &tempfile::TempDir, text: &str) -> bool {
+    std::fs::read_to_string(dir.path().join("dedup.log")).is_ok_and(|log| log.contains(text))
+}
