@@ -1,5 +1,6 @@
 # One image with the product's binaries:
 #   deduplicator  the consumer (main container)
+#   restorer      the init container restoring a pod's stores from S3
 #   operator      the DedupCluster controller
 # Build: docker build -t kafka-deduplicator:0.1.0 .
 FROM rust:1.95-bookworm AS build
@@ -8,8 +9,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p deduplicator -p operator \
- && install -D -m 0755 target/release/deduplicator target/release/operator -t /out/
+RUN cargo build --release --locked -p deduplicator -p restorer -p operator \
+ && install -D -m 0755 target/release/deduplicator target/release/restorer \
+      target/release/operator -t /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \
