@@ -132,7 +132,11 @@ fn new_sst_bytes(old: &LocalCheckpoint, new: &LocalCheckpoint) -> u64 {
     names(&new.dir)
         .into_iter()
         .filter(|n| n.ends_with(".sst") && !before.contains(n))
-        .map(|n| std::fs::metadata(new.dir.join(n)).map(|m| m.len()).unwrap_or(0))
+        .map(|n| {
+            std::fs::metadata(new.dir.join(n))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
         .sum()
 }
 
@@ -169,21 +173,31 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let endpoint = std::env::var("DEDUP_TEST_S3_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:5000".into());
-    let work = tempfile::tempdir_in(std::env::var("DEDUP_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
-        .expect("work dir");
+    let endpoint =
+        std::env::var("DEDUP_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
+    let work = tempfile::tempdir_in(
+        std::env::var("DEDUP_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()),
+    )
+    .expect("work dir");
     let resources = StoreResources::new(128 << 20, 64 << 20);
 
     println!("| measure | store | result | goal |");
     println!("|---|---|---|---|");
     for size_mb in &sizes {
-        let store = PartitionStore::open(work.path().join(format!("pause-{size_mb}")), &settings(), &resources)
-            .expect("store");
+        let store = PartitionStore::open(
+            work.path().join(format!("pause-{size_mb}")),
+            &settings(),
+            &resources,
+        )
+        .expect("store");
         let mut filler = Filler { next: 0 };
         let filled = Instant::now();
         filler.fill_to(&store, size_mb * 1_000_000);
-        let (median, max, size) = pauses(&store, &mut filler, &work.path().join(format!("cp-{size_mb}")));
+        let (median, max, size) = pauses(
+            &store,
+            &mut filler,
+            &work.path().join(format!("cp-{size_mb}")),
+        );
         eprintln!("filled {size_mb} MB in {:?}", filled.elapsed());
         println!(
             "| checkpoint pause, flush included (median / max of 5) | {:.0} MB, {} keys | {:.1} ms / {:.1} ms | < 500 ms, flat |",
