@@ -84,6 +84,17 @@ pub enum EventError {
 }
 
 impl EventError {
+    /// Every value [`EventError::kind`] returns.
+    pub const KINDS: [&'static str; 7] = [
+        "empty",
+        "not_json",
+        "not_object",
+        "missing_field",
+        "duplicate_field",
+        "wrong_type",
+        "bad_timestamp",
+    ];
+
     /// A short, stable label for metrics (`reason` label of the malformed counter).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -533,6 +544,18 @@ mod tests {
     fn error_kinds_are_stable_labels() {
         assert_eq!(EventError::Empty.kind(), "empty");
         assert_eq!(EventError::MissingField("token").kind(), "missing_field");
+        for payload in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{}",
+            br#"{"distinct_id":1,"token":"t","event":"e","timestamp":1}"#,
+            br#"{"distinct_id":"d","token":"t","event":"e","timestamp":"x"}"#,
+            br#"{"distinct_id":"d","distinct_id":"d","token":"t","event":"e","timestamp":1}"#,
+        ] {
+            let kind = Event::parse(Some(payload)).unwrap_err().kind();
+            assert!(EventError::KINDS.contains(&kind), "{kind}");
+        }
     }
 
     proptest! {

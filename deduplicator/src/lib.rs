@@ -10,6 +10,7 @@
 //! - [`message_tracker`]: `MessageTracker`, ackable messages and in-order commits.
 //! - [`publisher`]: output and dead-letter producer.
 //! - [`config`], [`metrics`], [`pipeline`]: settings, Prometheus metrics, shared state.
+//! - [`quickstart`]: the pipeline on an embedded Kafka and generated events, checked.
 
 pub mod checkpoint_exporter;
 pub mod config;
@@ -19,8 +20,9 @@ pub mod partition_restore;
 pub mod partition_worker;
 pub mod pipeline;
 pub mod publisher;
+pub mod quickstart;
 pub mod rebalance_handler;
 pub mod stateful_consumer;
 
 pub use config::Config;
-pub use stateful_consumer::{run, RunError, StatefulKafkaConsumer};
+pub use stateful_consumer::{run, run_with_metrics, RunError, StatefulKafkaConsumer};

@@ -168,12 +168,23 @@ impl StatefulKafkaConsumer {
 
 /// Runs the deduplicator with `config` until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    run_with_metrics(config, registry, metrics, shutdown).await
+}
+
+/// [`run`] with metrics the caller keeps a handle on (the quick start reads them
+/// directly); `registry` is what `/metrics` serves and must hold `metrics`.
+pub async fn run_with_metrics(
+    config: Config,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     std::fs::create_dir_all(&config.store_path).map_err(|source| RunError::StorePath {
         path: config.store_path.clone(),
         source,
     })?;
-    let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry));
     let health = Health::starting("joining the consumer group");
     let listener = http::bind(config.http_bind)
         .await

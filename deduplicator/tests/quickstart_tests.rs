@@ -1,0 +1,63 @@
+//! The README's main-job command, `quickstart`, run as a user runs it (smaller): the
+//! real pipeline on the embedded Kafka (or `KAFKA_TEST_BOOTSTRAP_SERVERS`), checked
+//! against the generated truth, exiting 0 only when every count matches.
+
+use std::process::Command;
+
+#[test]
+fn the_quick_start_runs_the_pipeline_and_checks_every_count() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quickstart"));
+    command.args([
+        "--events",
+        "30000",
+        "--duplicate-percent",
+        "30",
+        "--malformed-per-mille",
+        "20",
+        "--partitions",
+        "4",
+    ]);
+    if let Ok(bootstrap) = std::env::var("KAFKA_TEST_BOOTSTRAP_SERVERS") {
+        if !bootstrap.is_empty() {
+            command.args(["--kafka-hosts", &bootstrap]);
+        }
+    }
+    let output = command.output().expect("run quickstart");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("OK: every unique event published once"),
+        "{stdout}"
+    );
+    let row = |name: &str| -> (u64, u64) {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no `{name}` row in\n{stdout}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        (cells[2].parse().unwrap(), cells[3].parse().unwrap())
+    };
+    let (events, consumed) = row("events in");
+    assert_eq!((events, consumed), (30_000, 30_000));
+    let (unique, _) = row("unique");
+    let (duplicates, _) = row("duplicate");
+    let (malformed, dead_lettered) = row("in dead-letter topic");
+    assert_eq!(unique + duplicates + malformed, events);
+    assert!(duplicates > 6_000, "about 30 % copies: {duplicates}");
+    assert!(malformed > 300 && dead_lettered == malformed);
+    assert!(
+        stdout.contains("| remote checkpoints (partitions) | 4 | 4 |"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_quick_start_flags_are_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_quickstart"))
+        .args(["--duplicate-percent", "120"])
+        .output()
+        .expect("run quickstart");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--duplicate-percent"));
+}
