@@ -549,7 +549,7 @@ mod tests {
             b"{",
             b"[]",
             b"{}",
-            br#"{"distinct_id":1,"token":"t","event":"e","timestamp":1}"#,
+            br#"{"distinct_id":{"a":1},"token":"t","event":"e","timestamp":1}"#,
             br#"{"distinct_id":"d","token":"t","event":"e","timestamp":"x"}"#,
             br#"{"distinct_id":"d","distinct_id":"d","token":"t","event":"e","timestamp":1}"#,
         ] {
