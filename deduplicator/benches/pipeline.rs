@@ -5,6 +5,11 @@
 //! `cargo bench -p deduplicator --bench pipeline`
 //! (`DEDUP_BENCH_EVENTS`, default 60000; `DEDUP_BENCH_DUPLICATES`, percent, default 20)
 //!
+//! Then memory: the binary with default settings on 8 partitions, fed as fast as it
+//! consumes for `DEDUP_BENCH_MEMORY_SECONDS` (default 30); resident set size sampled
+//! twice a second, the median of the second half reported as steady state, per
+//! partition, beside the peak.
+//!
 //! The mock cluster keeps at most 5 MiB of messages per partition and drops older ones,
 //! so a run must stay below that (60,000 of these events over 4 partitions is ~3.7 MiB
 //! each). Against a real broker there is no such limit.
@@ -82,6 +87,142 @@ fn main() {
         rate(dedup_elapsed) / rate(baseline),
         rate(dedup_consuming) / rate(baseline)
     );
+
+    let seconds = env_number("DEDUP_BENCH_MEMORY_SECONDS", 30);
+    if seconds > 0 {
+        let memory = memory_at_steady_state(&mock, &bootstrap, Duration::from_secs(seconds));
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        println!("\n| memory, defaults, {MEMORY_PARTITIONS} partitions | events | steady RSS (median, 2nd half) | per partition | peak RSS | goal |");
+        println!("|---|---|---|---|---|---|");
+        println!(
+            "| deduplicator, fed for {seconds} s | {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | < 64 MiB per partition |",
+            memory.events,
+            mib(memory.steady_kib),
+            mib(memory.steady_kib) / MEMORY_PARTITIONS as f64,
+            mib(memory.peak_kib)
+        );
+    }
+}
+
+const MEMORY_PARTITIONS: i32 = 8;
+
+struct Memory {
+    events: u64,
+    steady_kib: u64,
+    peak_kib: u64,
+}
+
+/// `VmRSS` and `VmHWM` of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn memory_at_steady_state(
+    mock: &MockCluster<'_, DefaultProducerContext>,
+    bootstrap: &str,
+    run_for: Duration,
+) -> Memory {
+    for topic in ["mem_in", "mem_out"] {
+        mock.create_topic(topic, MEMORY_PARTITIONS, 1)
+            .expect("topic");
+    }
+    let store = std::env::temp_dir().join(format!("dedup-bench-mem-{}", std::process::id()));
+    let http = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("port");
+        listener.local_addr().expect("addr")
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deduplicator"))
+        .env("KAFKA_HOSTS", bootstrap)
+        .env("KAFKA_CONSUMER_TOPIC", "mem_in")
+        .env("OUTPUT_TOPIC", "mem_out")
+        .env("KAFKA_CONSUMER_GROUP", "dedup-bench-mem")
+        .env("STORE_PATH", &store)
+        .env("LOCAL_CHECKPOINT_DIR", store.join("checkpoints"))
+        .env("HTTP_BIND", http.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn deduplicator");
+    let pid = child.id();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let (bootstrap, stop) = (bootstrap.to_string(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("linger.ms", "5")
+                .create()
+                .expect("producer");
+            let mut sent = 0u64;
+            let mut consumed = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // The mock cluster keeps 5 MiB per partition: stay close behind.
+                if sent >= consumed + 2_000 * MEMORY_PARTITIONS as u64 {
+                    consumed = metric(
+                        &http_get(http).unwrap_or_default(),
+                        "dedup_messages_in_total",
+                    ) as u64;
+                    if sent >= consumed + 2_000 * MEMORY_PARTITIONS as u64 {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    continue;
+                }
+                let i = sent;
+                // One in five a copy of a recent event.
+                let id = if i % 5 == 4 && i >= 7 { i - 7 } else { i };
+                let payload = format!(
+                    r#"{{"uuid":"0190-{id:012}","event":"$pageview","distinct_id":"user-{}","token":"phc_bench","timestamp":{},"properties":{{"$current_url":"https://example.com/p/{}","$browser":"Firefox"}}}}"#,
+                    id % 100_000,
+                    1_800_000_000_000u64 + id,
+                    id % 97
+                );
+                let mut record = BaseRecord::to("mem_in")
+                    .partition((id % MEMORY_PARTITIONS as u64) as i32)
+                    .key("k")
+                    .payload(payload.as_bytes());
+                while let Err((_, returned)) = producer.send(record) {
+                    record = returned;
+                    producer.poll(Duration::from_millis(5));
+                }
+                sent += 1;
+            }
+            let _ = producer.flush(Duration::from_secs(30));
+            sent
+        })
+    };
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut peak = 0;
+    while started.elapsed() < run_for {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some((rss, hwm)) = rss_kib(pid) {
+            if started.elapsed() > run_for / 2 {
+                samples.push(rss);
+            }
+            peak = hwm;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let events = feeder.join().unwrap_or(0);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&store);
+    samples.sort_unstable();
+    Memory {
+        events,
+        steady_kib: samples.get(samples.len() / 2).copied().unwrap_or(0),
+        peak_kib: peak,
+    }
 }
 
 type Produced = (i32, Vec<u8>, Vec<u8>);
@@ -192,6 +333,7 @@ fn run_deduplicator(bootstrap: &str, events: usize, uniques: usize) -> (Duration
         .env("OUTPUT_TOPIC", "out")
         .env("KAFKA_CONSUMER_GROUP", "dedup-bench")
         .env("STORE_PATH", &store)
+        .env("LOCAL_CHECKPOINT_DIR", store.join("checkpoints"))
         .env("HTTP_BIND", http.to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
