@@ -1,9 +1,11 @@
-//! Events/s through `PartitionStore::check_and_insert` in batches of 1,000, for 0 %, 10 %
-//! and 50 % duplicates, on stores preloaded with 1M and 10M keys; and the same key stream
-//! into an in-memory `HashSet` (the CPU/DRAM limit) in the same run.
+//! Sustained events/s through `PartitionStore::check_and_insert` in batches of 1,000,
+//! for 0 %, 10 % and 50 % duplicates, on stores preloaded with 1M and 10M keys; and the
+//! same key stream into an in-memory `HashSet` in the same run.
 //!
-//! `cargo bench -p dedup-core --bench check_and_insert`; `scripts/bench-store.sh` runs it
-//! beside RocksDB's `db_bench fillrandom` and prints the ratios.
+//! Criterion measures for seconds on one store that keeps growing (by 10M+ keys over the
+//! three ratios), so later rows also pay the compaction debt of earlier ones. The
+//! comparison with `db_bench fillrandom` (same number of operations on a fresh store) is
+//! `store_fill`, which `scripts/bench-store.sh` runs.
 //! `DEDUP_BENCH_SIZES=1000000` limits the preloaded sizes (comma-separated);
 //! `DEDUP_BENCH_WAL=1` runs with the WAL on.
 
@@ -11,71 +13,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dedup_core::key::{EventKey, StoredKey};
+use dedup_core::key::StoredKey;
 use dedup_core::store::{PartitionStore, StoreResources, StoreSettings};
 
-const BATCH: usize = 1_000;
-const DUPLICATE_RATIOS: [u32; 3] = [0, 10, 50];
-
-/// A stream of keys like a PostHog topic's: mostly new events, a given share of them
-/// copies of a recent event, timestamps moving forward.
-struct KeyStream {
-    next_id: u64,
-    rng: u64,
-    duplicate_percent: u32,
-    recent: Vec<StoredKey>,
-}
-
-impl KeyStream {
-    fn new(duplicate_percent: u32, first_id: u64) -> Self {
-        Self {
-            next_id: first_id,
-            rng: 0x9E37_79B9_7F4A_7C15 ^ first_id,
-            duplicate_percent,
-            recent: Vec::with_capacity(4096),
-        }
-    }
-
-    fn random(&mut self) -> u64 {
-        // xorshift64*: cheap and deterministic.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn next_key(&mut self) -> StoredKey {
-        let roll = (self.random() % 100) as u32;
-        if roll < self.duplicate_percent && !self.recent.is_empty() {
-            let i = (self.random() as usize) % self.recent.len();
-            return self.recent[i];
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let distinct_id = format!("user-{}", self.random() % 1_000_000);
-        let event = ["$pageview", "$autocapture", "signup", "purchase"][(id % 4) as usize];
-        let key = EventKey {
-            timestamp_ms: 1_700_000_000_000 + (id / 10) as i64,
-            distinct_id: &distinct_id,
-            token: "phc_benchmark_token",
-            event,
-        }
-        .stored();
-        if self.recent.len() < 4096 {
-            self.recent.push(key);
-        } else {
-            let i = (id as usize) % 4096;
-            self.recent[i] = key;
-        }
-        key
-    }
-
-    fn batch(&mut self, first_offset: i64) -> Vec<(StoredKey, i64)> {
-        (0..BATCH)
-            .map(|i| (self.next_key(), first_offset + i as i64))
-            .collect()
-    }
-}
+mod common;
+use common::{KeyStream, BATCH, DUPLICATE_RATIOS};
 
 fn preload(store: &PartitionStore, keys: u64) -> i64 {
     let mut stream = KeyStream::new(0, 0);

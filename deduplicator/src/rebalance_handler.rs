@@ -338,6 +338,15 @@ impl RebalanceHandler {
         consumer: &Arc<DedupConsumer>,
     ) {
         let tracker = self.pipeline.tracker.partition(partition, committed);
+        if let Some(committed) = committed {
+            // The gauge shows where the partition stands from the start, not only once
+            // this process stores an offset.
+            self.pipeline
+                .metrics
+                .committed_offset
+                .get_or_create(&PartitionLabels { partition })
+                .set(committed);
+        }
         let (fence, fence_rx) = watch::channel(false);
         let (stray, stray_rx) = mpsc::unbounded_channel();
         let slot: StoreSlot = Arc::new(OnceLock::new());
