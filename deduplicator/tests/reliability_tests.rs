@@ -120,3 +120,172 @@ fn a_crash_loop_loses_no_unique_event_and_republishes_only_originals() {
         "{republished} republished originals exceed {bound}"
     );
 }
+
+/// The manifests of a partition, oldest first, parsed.
+fn manifests(s3: &TestS3, topic: &str, partition: i32) -> Vec<(String, serde_json::Value)> {
+    let mut keys = s3.keys(&format!(
+        "deduplication-checkpoints/{topic}/{partition}/manifests/"
+    ));
+    keys.sort();
+    keys.into_iter()
+        .filter_map(|k| {
+            let body = s3.get_bytes(&k)?;
+            Some((k, serde_json::from_slice(&body).ok()?))
+        })
+        .collect()
+}
+
+/// Remote keys of SST files the newest manifest references and the oldest does not
+/// (written after the first wave; damaging one spoils every checkpoint since).
+fn files_newer_than_the_oldest(s3: &TestS3, topic: &str, partition: i32) -> Vec<String> {
+    let all = manifests(s3, topic, partition);
+    let files = |m: &serde_json::Value| -> Vec<String> {
+        m["files"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|f| f["remote_key"].as_str().map(str::to_string))
+            .collect()
+    };
+    let oldest: std::collections::HashSet<String> = files(&all.first().expect("manifests").1)
+        .into_iter()
+        .collect();
+    files(&all.last().expect("manifests").1)
+        .into_iter()
+        .filter(|k| k.ends_with(".sst") && !oldest.contains(k))
+        .map(|k| format!("deduplication-checkpoints/{topic}/{partition}/{k}"))
+        .collect()
+}
+
+/// Checkpoint damage, one kind per partition, found by a new owner restoring on
+/// assignment: each is detected, the next older checkpoint is used, and it is counted.
+/// The restored state (plus catch-up) still drops every copy of an earlier event.
+#[test]
+fn damaged_checkpoints_are_detected_and_the_next_older_one_is_used() {
+    const PARTS: i32 = 6;
+    let Some(s3) = test_s3() else { return };
+    assert!(s3.create_bucket());
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", PARTS);
+    let output = kafka.topic("out", PARTS);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |pod: &str| {
+        DedupSpec {
+            pod_name: Some(pod.into()),
+            ..DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join(pod))
+        }
+        .with_s3(&s3)
+        .env("CHECKPOINT_INTERVAL", "1s")
+        .env("MAX_REMOTE_CHECKPOINTS", "100")
+        .env("DEDUP_WINDOW", "0")
+    };
+    let first = generate(3_000, 10, PARTS, 41, "d1");
+    let second = generate(3_000, 10, PARTS, 42, "d2");
+
+    // Two waves, each followed by checkpoints: every partition gets an older and a
+    // newer checkpoint with files of its own.
+    let mut a = spec("dedup-a").spawn(dir.path(), "a");
+    for (wave, events) in [&first, &second].into_iter().enumerate() {
+        kafka.produce(
+            &input,
+            &events.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+        );
+        let target = ((wave + 1) * 3_000) as f64;
+        a.wait_until("wave consumed", WAIT, |d| {
+            d.metric("dedup_messages_in_total") >= target
+        });
+        let uploads = a.metric("dedup_checkpoint_uploads_total{result=\"success\"}");
+        a.wait_until("wave checkpointed", WAIT, |d| {
+            d.metric("dedup_checkpoint_uploads_total{result=\"success\"}")
+                >= uploads + 2.0 * PARTS as f64
+        });
+    }
+    assert!(a.terminate().success());
+
+    // One kind of damage per partition, on the newest checkpoints only.
+    let sst = |p: i32| {
+        files_newer_than_the_oldest(&s3, &input, p)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("partition {p}: the newest checkpoint has a file of its own"))
+    };
+    let newest_manifest = |p: i32| manifests(&s3, &input, p).pop().expect("a manifest").0;
+    // 0: a flipped byte.
+    let key = sst(0);
+    let mut bytes = s3.get_bytes(&key).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    assert!(s3.put(&key, &bytes));
+    // 1: a truncated file.
+    let key = sst(1);
+    let bytes = s3.get_bytes(&key).unwrap();
+    assert!(s3.put(&key, &bytes[..bytes.len() / 3]));
+    // 2: a manifest pointing at a missing object.
+    assert!(s3.delete(&sst(2)));
+    // 3: an invalid manifest.
+    assert!(s3.put(
+        &newest_manifest(3),
+        b"{\"format_version\": 1, \"files\": [tr"
+    ));
+    // 4: a checkpoint of another partition (another lineage) under this one's name.
+    let foreign = s3.get_bytes(&newest_manifest(0)).unwrap();
+    // Same millisecond as the newest, highest tiebreak: it sorts as the newest.
+    let newest = newest_manifest(4);
+    let millis = newest
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap();
+    let name = format!("{millis}-ffffffff.json");
+    assert!(s3.put(
+        &format!("deduplication-checkpoints/{input}/4/manifests/{name}"),
+        &foreign
+    ));
+    // 5: the newest manifest missing (an upload that never committed).
+    assert!(s3.delete(&newest_manifest(5)));
+
+    let mut b = spec("dedup-b").spawn(dir.path(), "b");
+    b.wait_until("restored", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") >= PARTS as f64
+            && d.metric("dedup_restores_total") >= PARTS as f64
+    });
+    assert_eq!(
+        b.metric("dedup_restores_total{result=\"restored_older\"}"),
+        5.0,
+        "partitions 0-4 fall back past a damaged checkpoint\n{}",
+        b.log_tail()
+    );
+    assert_eq!(b.metric("dedup_restores_total{result=\"restored\"}"), 1.0);
+    // A damaged file spoils every checkpoint since it was written: at least one each.
+    assert!(b.metric("dedup_restore_skipped_checkpoints_total") >= 5.0);
+
+    // The older checkpoints plus catch-up know every earlier event.
+    let copies: Vec<GenEvent> = first
+        .iter()
+        .chain(&second)
+        .enumerate()
+        .map(|(i, e)| GenEvent {
+            uuid: format!("d-copy-{i}"),
+            is_copy: true,
+            ..e.clone()
+        })
+        .collect();
+    let published_before = b.metric("dedup_published_total");
+    kafka.produce(
+        &input,
+        &copies.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+    );
+    b.wait_until("copies consumed", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= 12_000.0 - 0.5
+            && d.metric("dedup_in_flight_messages") == 0.0
+    });
+    assert_eq!(
+        b.metric("dedup_published_total"),
+        published_before,
+        "no copy of an earlier event is published"
+    );
+    assert!(b.terminate().success());
+}

@@ -584,11 +584,34 @@ impl TestS3 {
     /// A plain HTTP call to moto, which wants an `Authorization` header on object reads
     /// but does not check the signature.
     fn call(&self, method: &str, path: &str) -> Option<(u16, String)> {
-        http_request_with(
+        http_request_with(self.addr, method, path, MOTO_AUTH)
+    }
+
+    /// An object's bytes.
+    pub fn get_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        match raw_request(
             self.addr,
-            method,
-            path,
-            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\n",
+            "GET",
+            &format!("/{}/{key}", self.bucket),
+            MOTO_AUTH,
+            &[],
+        ) {
+            Some((200, body)) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// Writes an object.
+    pub fn put(&self, key: &str, body: &[u8]) -> bool {
+        matches!(
+            raw_request(
+                self.addr,
+                "PUT",
+                &format!("/{}/{key}", self.bucket),
+                MOTO_AUTH,
+                body
+            ),
+            Some((200, _))
         )
     }
 
@@ -648,4 +671,37 @@ impl DedupSpec {
         self.extra.extend(s3.env());
         self
     }
+}
+
+/// The `Authorization` header moto wants on object calls (it does not check it).
+const MOTO_AUTH: &str = "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\n";
+
+/// One HTTP/1.1 request with a body; the status and the raw body (no chunked encoding
+/// expected: moto sends Content-Length).
+fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> Option<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
+        body.len()
+    )
+    .ok()?;
+    stream.write_all(body).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status = std::str::from_utf8(response.get(9..12)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((status, response[split + 4..].to_vec()))
 }
