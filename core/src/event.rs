@@ -558,6 +558,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn hostile_documents_end_in_an_answer() {
+        let deep_properties = format!(
+            r#"{{"distinct_id":"d","token":"t","event":"e","timestamp":1,"properties":{}1{}}}"#,
+            "[".repeat(50_000),
+            "]".repeat(50_000)
+        );
+        for (payload, expect_ok) in [
+            ("[".repeat(100_000), false),
+            (deep_properties, true),
+            (r#"{"distinct_id":"d","token":"t","event":"e","timestamp":1e400}"#.to_string(), false),
+            (
+                r#"{"distinct_id":"d","token":"t","event":"e","timestamp":123456789012345678901234567890}"#
+                    .to_string(),
+                false,
+            ),
+        ] {
+            let parsed = Event::parse(Some(payload.as_bytes()));
+            assert_eq!(parsed.is_ok(), expect_ok, "{:.80}: {parsed:?}", payload);
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -331,6 +331,18 @@ fn malformed_messages_go_to_the_dead_letter_topic_or_pass_through() {
         Some(b"\xff\xfe\x00garbage".to_vec()),
         Some(garbage),
         None,
+        // Nesting far deeper than any parser's recursion limit. (Deep nesting inside
+        // `properties` of an otherwise good event is fine: the parser skips it without
+        // recursing; see dedup-core's event tests.)
+        Some("[".repeat(100_000).into_bytes()),
+        // Numbers no integer holds.
+        Some(br#"{"distinct_id":"d","token":"t","event":"e","timestamp":1e400}"#.to_vec()),
+        Some(
+            br#"{"distinct_id":"d","token":"t","event":"e","timestamp":123456789012345678901234567890}"#
+                .to_vec(),
+        ),
+        // The same key twice: which one counts is ambiguous, so neither does.
+        Some(br#"{"distinct_id":"a","distinct_id":"b","token":"t","event":"e","timestamp":1}"#.to_vec()),
     ];
     for dead_letter in [true, false] {
         let input = kafka.topic("in", 1);

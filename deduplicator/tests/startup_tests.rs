@@ -39,6 +39,23 @@ fn each_bad_setting_is_named_with_its_accepted_form() {
         ("KAFKA_CONSUMER_PROPERTIES", "=x", "key=value"),
         ("SHUTDOWN_TIMEOUT", "soon", "with a unit"),
         ("PUBLISH_MAX_ATTEMPTS", "0", "1.."),
+        ("STORE_RECENT_KEYS", "-3", "STORE_RECENT_KEYS"),
+        (
+            "STORE_WRITE_BUFFER_BYTES",
+            "64 potatoes",
+            "whole number of bytes",
+        ),
+        ("REBALANCE_DRAIN_TIMEOUT", "20", "with a unit"),
+        ("CHECKPOINT_INTERVAL", "5 minutes", "with a unit"),
+        ("FULL_UPLOAD_INTERVAL", "0", "1.."),
+        ("MAX_LOCAL_CHECKPOINTS", "0", "1.."),
+        ("MAX_REMOTE_CHECKPOINTS", "none", "invalid digit"),
+        ("S3_ENDPOINT", "minio:9000", "http://host"),
+        ("S3_REQUEST_TIMEOUT", "1 minute", "with a unit"),
+        ("S3_MAX_ATTEMPTS", "50", "1..=20"),
+        ("CHECKPOINT_TRANSFER_CONCURRENCY", "0", "1..=256"),
+        ("RESTORE_TIMEOUT", "later", "with a unit"),
+        ("RESTORE_MAX_ATTEMPTS", "0", "1.."),
     ];
     for (variable, value, form) in cases {
         let (code, stderr) = run_with(&[(variable, value)]);
