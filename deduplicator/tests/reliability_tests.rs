@@ -289,3 +289,236 @@ fn damaged_checkpoints_are_detected_and_the_next_older_one_is_used() {
     );
     assert!(b.terminate().success());
 }
+
+/// When each process of a storm owned each partition: `(start, end)` in epoch
+/// milliseconds, from "partition store ready" to "partition revoked; store closed".
+/// Partition → ownership intervals `(start, end)`, epoch milliseconds.
+type Ownership = HashMap<i32, Vec<(i64, i64)>>;
+
+fn ownership_intervals(log: &std::path::Path) -> Ownership {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut open: HashMap<i32, i64> = HashMap::new();
+    let mut intervals: HashMap<i32, Vec<(i64, i64)>> = HashMap::new();
+    for line in text.lines() {
+        let line = strip_ansi(line);
+        let (Some(stamp), Some(partition)) = (
+            line.split_whitespace().next(),
+            line.split("partition=").nth(1).and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<i32>()
+                    .ok()
+            }),
+        ) else {
+            continue;
+        };
+        let Ok(at) = chrono::DateTime::parse_from_rfc3339(stamp) else {
+            continue;
+        };
+        let at = at.timestamp_millis();
+        if line.contains("partition store ready; consuming") {
+            open.insert(partition, at);
+        } else if line.contains("partition revoked; store closed") {
+            if let Some(start) = open.remove(&partition) {
+                intervals.entry(partition).or_default().push((start, at));
+            }
+        }
+    }
+    // Still open at the end of the log: owned until the process ended.
+    for (partition, start) in open {
+        intervals
+            .entry(partition)
+            .or_default()
+            .push((start, i64::MAX));
+    }
+    intervals
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Rebalance storm: three processes with separate store directories join and leave
+/// every few seconds while events stream in. No unique event is lost, only originals
+/// are republished, no partition is ever owned by two processes at once, and every
+/// manifest was written while its writer owned the partition.
+/// `DEDUP_STORM_SECONDS` (default 30; the long run is 120).
+#[test]
+fn a_rebalance_storm_loses_nothing_and_never_shares_a_partition() {
+    const PARTS: i32 = 6;
+    let Some(s3) = test_s3() else { return };
+    assert!(s3.create_bucket());
+    let seconds: u64 = std::env::var("DEDUP_STORM_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", PARTS);
+    let output = kafka.topic("out", PARTS);
+    let dir = tempfile::tempdir().unwrap();
+    // Dynamic members (no POD_NAME), so a leaving process hands its partitions over at
+    // once; checkpoint writers are then named `pid-{pid}`.
+    let spec = |slot: usize| {
+        DedupSpec::new(
+            &kafka,
+            &input,
+            Some(&output),
+            &dir.path().join(format!("m{slot}")),
+        )
+        .with_s3(&s3)
+        .env("CHECKPOINT_INTERVAL", "1s")
+        .env("MAX_REMOTE_CHECKPOINTS", "1000")
+        .env("MAX_IN_FLIGHT_MESSAGES", &IN_FLIGHT.to_string())
+        .env("DEDUP_WINDOW", "0")
+    };
+    let events = generate(1_000 * seconds as usize, 20, PARTS, 51, "s1");
+    let producer = {
+        let (bootstrap, input) = (kafka.bootstrap.clone(), input.clone());
+        let messages: Vec<Produced> = events.iter().map(GenEvent::produced).collect();
+        let chunk = (messages.len() / (seconds as usize * 5)).max(1);
+        std::thread::spawn(move || {
+            for part in messages.chunks(chunk) {
+                produce_to(&bootstrap, &input, part);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+
+    let mut members: Vec<Option<Dedup>> = vec![None, None, None];
+    let mut logs: Vec<(std::path::PathBuf, u32)> = Vec::new();
+    let mut spawned = 0;
+    let mut leaves = 0;
+    let mut spawn = |slot: usize, members: &mut Vec<Option<Dedup>>| {
+        let name = format!("m{slot}-{spawned}");
+        spawned += 1;
+        let member = spec(slot).spawn(dir.path(), &name);
+        logs.push((member.log.clone(), member.pid().unwrap_or(0)));
+        members[slot] = Some(member);
+    };
+    spawn(0, &mut members);
+    let mut rng = 0x0009_E377_9B97_u64;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(2_000 + rng % 3_000));
+        let slot = (rng % 3) as usize;
+        let running = members.iter().filter(|m| m.is_some()).count();
+        match members[slot].take() {
+            Some(member) if running > 1 => {
+                assert!(
+                    member.terminate().success(),
+                    "a leaving member exits cleanly"
+                );
+                leaves += 1;
+            }
+            Some(member) => members[slot] = Some(member),
+            None => spawn(slot, &mut members),
+        }
+    }
+    producer.join().expect("producer");
+    let last = members
+        .iter_mut()
+        .flatten()
+        .next()
+        .expect("a member is running");
+    last.wait_until("everything committed", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= events.len() as f64 - 0.5
+            && d.metric("dedup_in_flight_messages") == 0.0
+    });
+    for member in members.into_iter().flatten() {
+        assert!(member.terminate().success());
+    }
+
+    // Output: every unique event, copies never, originals again only within bounds.
+    let mut originals: HashMap<String, String> = HashMap::new();
+    for e in &events {
+        originals
+            .entry(e.dedup_key())
+            .or_insert_with(|| e.uuid.clone());
+    }
+    let published = kafka.read_all(&output, PARTS, originals.len(), Duration::from_secs(3));
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for message in &published {
+        let p = parse_published(message).expect("a generated event");
+        assert_eq!(
+            originals.get(&p.dedup_key),
+            Some(&p.uuid),
+            "a copy was published"
+        );
+        *seen.entry(p.dedup_key).or_default() += 1;
+    }
+    let republished: usize = seen.values().map(|n| n - 1).sum();
+
+    // Fencing: per partition, the ownership intervals of different processes never
+    // overlap.
+    let intervals: Vec<(u32, Ownership)> = logs
+        .iter()
+        .map(|(log, pid)| (*pid, ownership_intervals(log)))
+        .collect();
+    let mut handovers = 0;
+    for partition in 0..PARTS {
+        let mut all: Vec<(i64, i64, u32)> = intervals
+            .iter()
+            .flat_map(|(pid, m)| {
+                m.get(&partition)
+                    .into_iter()
+                    .flatten()
+                    .map(move |(s, e)| (*s, *e, *pid))
+            })
+            .collect();
+        all.sort();
+        handovers += all.len().saturating_sub(1);
+        for pair in all.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "partition {partition} owned by pid {} until {} and by pid {} from {}",
+                pair[0].2,
+                pair[0].1,
+                pair[1].2,
+                pair[1].0
+            );
+        }
+    }
+    // No manifest from a writer that did not own the partition when it checkpointed.
+    let mut manifests_checked = 0;
+    for partition in 0..PARTS {
+        for (key, manifest) in manifests(&s3, &input, partition) {
+            let writer = manifest["writer"].as_str().unwrap_or_default();
+            let created = manifest["created_at_ms"].as_i64().unwrap_or_default();
+            let pid: u32 = writer.trim_start_matches("pid-").parse().unwrap_or(0);
+            let owned = intervals
+                .iter()
+                .filter(|(p, _)| *p == pid)
+                .flat_map(|(_, m)| m.get(&partition).into_iter().flatten())
+                .any(|(s, e)| *s <= created && created <= *e);
+            assert!(
+                owned,
+                "{key} written by {writer} at {created}, not its owner then"
+            );
+            manifests_checked += 1;
+        }
+    }
+    eprintln!(
+        "rebalance storm ({seconds} s): {} events sent, {} unique in truth, {} unique in output, {republished} republished originals, {spawned} members started, {leaves} left, {handovers} partition handovers, {manifests_checked} manifests checked",
+        events.len(),
+        originals.len(),
+        seen.len(),
+    );
+    assert_eq!(seen.len(), originals.len(), "unique events lost");
+    assert!(republished <= IN_FLIGHT * (leaves + 1));
+}

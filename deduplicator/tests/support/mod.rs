@@ -385,6 +385,11 @@ impl DedupSpec {
 }
 
 impl Dedup {
+    /// The process id (the checkpoint writer name when POD_NAME is unset is `pid-{id}`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn metrics(&self) -> Option<String> {
         http_get(self.http, "/metrics").map(|(_, body)| body)
     }
