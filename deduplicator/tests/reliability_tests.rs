@@ -522,3 +522,98 @@ fn a_rebalance_storm_loses_nothing_and_never_shares_a_partition() {
     assert_eq!(seen.len(), originals.len(), "unique events lost");
     assert!(republished <= IN_FLIGHT * (leaves + 1));
 }
+
+/// S3 outage (through a forwarder that can be cut, so S3 keeps its state): during
+/// uploads and during a restore. Consumption continues, failed uploads are counted and
+/// succeed once S3 is back, the restore falls back as configured, and no process exits.
+/// `DEDUP_OUTAGE_SECONDS` (default 10; the long run is 60).
+#[test]
+fn an_s3_outage_during_uploads_and_a_restore_stops_nothing() {
+    let Some(s3) = test_s3() else { return };
+    assert!(s3.create_bucket());
+    let outage_for = Duration::from_secs(
+        std::env::var("DEDUP_OUTAGE_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+    );
+    let outage = Outage::forward_to(s3.addr);
+    let via = TestS3 {
+        addr: outage.addr,
+        bucket: s3.bucket.clone(),
+    };
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", PARTITIONS);
+    let output = kafka.topic("out", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |pod: &str| {
+        DedupSpec {
+            pod_name: Some(pod.into()),
+            ..DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join(pod))
+        }
+        .with_s3(&via)
+        .env("CHECKPOINT_INTERVAL", "1s")
+        .env("S3_MAX_ATTEMPTS", "1")
+        .env("S3_REQUEST_TIMEOUT", "2s")
+        .env("RESTORE_MAX_ATTEMPTS", "2")
+        .env("RESTORE_TIMEOUT", "5s")
+        .env("DEDUP_WINDOW", "0")
+    };
+    let uploads_ok = |d: &Dedup| d.metric("dedup_checkpoint_uploads_total{result=\"success\"}");
+    let uploads_failed = |d: &Dedup| d.metric("dedup_checkpoint_uploads_total{result=\"failure\"}");
+    // Unique events only: a partition that falls back to an empty store during the
+    // outage may, by design, not know earlier keys.
+    let before = generate(2_000, 0, PARTITIONS, 61, "o1");
+    let during = generate(2_000, 0, PARTITIONS, 62, "o2");
+
+    let mut a = spec("dedup-a").spawn(dir.path(), "a");
+    kafka.produce(
+        &input,
+        &before.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+    );
+    a.wait_until("uploads before the outage", WAIT, |d| {
+        d.metric("dedup_messages_in_total") >= 2_000.0 && uploads_ok(d) >= PARTITIONS as f64
+    });
+
+    let cut_at = std::time::Instant::now();
+    outage.down();
+    let failed_before = uploads_failed(&a);
+    kafka.produce(
+        &input,
+        &during.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+    );
+    a.wait_until("consumption continues, uploads fail", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= 4_000.0 - 0.5
+            && uploads_failed(d) >= failed_before + PARTITIONS as f64
+    });
+    // A new member joins during the outage: its restores fall back.
+    let mut b = spec("dedup-b").spawn(dir.path(), "b");
+    b.wait_until("b's restores fall back", WAIT, |d| {
+        d.metric("dedup_restores_total{result=\"remote_failed\"}")
+            + d.metric("dedup_restores_total{result=\"timed_out\"}")
+            >= 1.0
+    });
+    std::thread::sleep(outage_for.saturating_sub(cut_at.elapsed()));
+    let (ok_a, ok_b) = (uploads_ok(&a), uploads_ok(&b));
+    outage.up();
+    a.wait_until("a uploads again", WAIT, |d| uploads_ok(d) > ok_a);
+    b.wait_until("b uploads again", WAIT, |d| uploads_ok(d) > ok_b);
+    let outage_seconds = cut_at.elapsed().as_secs();
+    let failures = uploads_failed(&a) + uploads_failed(&b);
+    assert!(a.terminate().success(), "a kept running");
+    assert!(b.terminate().success(), "b kept running");
+
+    let all: Vec<GenEvent> = before.iter().chain(&during).cloned().collect();
+    let published = kafka.read_all(&output, PARTITIONS, all.len(), Duration::from_secs(2));
+    let uuids: std::collections::HashSet<String> = published
+        .iter()
+        .filter_map(parse_published)
+        .map(|p| p.uuid)
+        .collect();
+    let lost = all.iter().filter(|e| !uuids.contains(&e.uuid)).count();
+    eprintln!(
+        "S3 outage of {outage_seconds} s: {} events, {lost} lost, {failures} failed uploads retried",
+        all.len()
+    );
+    assert_eq!(lost, 0);
+}
