@@ -260,6 +260,13 @@ async fn retention_loop(handler: Arc<RebalanceHandler>) {
             })
             .await;
             let metrics = &handler.pipeline.metrics;
+            match &result {
+                // A store that cannot flush (a full disk, say) keeps its keys only in
+                // memory: page someone. It is healthy again once a flush succeeds.
+                Ok(Err(error)) => handler.pipeline.store_failed(partition, error),
+                Ok(Ok(_)) => handler.pipeline.store_recovered(partition),
+                Err(_) => {}
+            }
             match result {
                 Ok(Ok(eviction)) => {
                     if eviction.keys_evicted > 0 {
