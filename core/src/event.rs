@@ -581,6 +581,40 @@ mod tests {
     }
 
     proptest! {
+        // A fixed budget of generated hostile documents: key fields of every type,
+        // repeated, numbers no integer holds, deep nesting, lone surrogates.
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn generated_documents_parse_or_fail_with_a_known_kind(
+            fields in proptest::collection::vec((0usize..6, 0usize..9), 0..10)
+        ) {
+            let names = ["distinct_id", "token", "event", "timestamp", "properties", "uuid"];
+            let values = [
+                r#""x""#,
+                "1",
+                "-1e400",
+                "123456789012345678901234567890",
+                "null",
+                "[[[[[[[[]]]]]]]]",
+                r#"{"a":{"b":[1,2,{"c":"\u0000"}]}}"#,
+                r#""\ud800""#,
+                r#""2024-02-30T25:61:00Z""#,
+            ];
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(n, v)| format!("\"{}\":{}", names[*n], values[*v]))
+                .collect();
+            let doc = format!("{{{}}}", body.join(","));
+            let parsed = Event::parse(Some(doc.as_bytes()));
+            let keyed = stored_key(Some(doc.as_bytes()));
+            prop_assert_eq!(parsed.is_ok(), keyed.is_ok());
+            if let Err(error) = parsed {
+                prop_assert!(EventError::KINDS.contains(&error.kind()));
+            }
+        }
+    }
+
+    proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Event::parse(Some(&bytes));

@@ -239,7 +239,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
             last_print = Instant::now();
             let seconds = started.elapsed().as_secs_f64();
             eprintln!(
-                "[{seconds:6.1}s] produced {:>9} | consumed {:>9} ({:>7.0}/s) | unique {:>9} | duplicate {:>9} | malformed {:>6} | published {:>9} | read back {:>9}",
+                "[{seconds:6.1}s] produced {:>9} | consumed {:>9} ({:>7.0}/s) | unique {:>9} | duplicate {:>9} | malformed {:>6} | published+dead-lettered {:>9} | read back {:>9}",
                 produced.load(Ordering::Relaxed),
                 consumed,
                 consumed as f64 / seconds,
