@@ -17,9 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dedup_core::checkpoint::manifest::{
-    file_checksum, CheckpointManifest, ManifestFile, UploadKind,
-};
+use dedup_core::checkpoint::manifest::{CheckpointManifest, UploadKind};
 use dedup_core::checkpoint::remote::{CheckpointRemote, Remote, RemoteError};
 use dedup_core::checkpoint::{self, transfer, LocalCheckpoint};
 
@@ -38,7 +36,7 @@ struct ChecksumCache {
     by_partition: HashMap<i32, (PathBuf, Checksums)>,
 }
 
-type Checksums = HashMap<(String, u64), String>;
+type Checksums = checkpoint::KnownChecksums;
 
 pub struct CheckpointExporter {
     handler: Arc<RebalanceHandler>,
@@ -245,7 +243,7 @@ async fn upload(
     let manifest = {
         let (checkpoint, topic, known) = (local.clone(), topic.to_string(), checksums.clone());
         tokio::task::spawn_blocking(move || {
-            build_manifest_cached(
+            checkpoint::build_manifest_reusing(
                 &checkpoint,
                 &topic,
                 partition,
@@ -298,57 +296,6 @@ async fn upload(
         }
     }
     Ok(Uploaded::Done { manifest, stats })
-}
-
-/// [`checkpoint::build_manifest`], reusing known checksums of SST files (immutable: a
-/// name and size seen before in this store is the same file).
-fn build_manifest_cached(
-    local: &LocalCheckpoint,
-    topic: &str,
-    partition: i32,
-    writer: &str,
-    now_ms: i64,
-    kind: UploadKind,
-    known: &Checksums,
-) -> std::io::Result<CheckpointManifest> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(&local.dir)? {
-        let path = entry?.path();
-        let metadata = std::fs::metadata(&path)?;
-        if !metadata.is_file() {
-            continue;
-        }
-        let local_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let cached = local_name
-            .ends_with(".sst")
-            .then(|| known.get(&(local_name.clone(), metadata.len())))
-            .flatten();
-        let (checksum, size) = match cached {
-            Some(checksum) => (checksum.clone(), metadata.len()),
-            None => file_checksum(&path)?,
-        };
-        files.push(ManifestFile {
-            remote_key: dedup_core::checkpoint::manifest::content_key(&local_name, &checksum, size),
-            local_name,
-            size,
-            checksum,
-        });
-    }
-    files.sort_by(|a, b| a.local_name.cmp(&b.local_name));
-    Ok(CheckpointManifest {
-        format_version: dedup_core::checkpoint::manifest::MANIFEST_FORMAT_VERSION,
-        topic: topic.to_string(),
-        partition,
-        checkpoint_id: local.id.clone(),
-        created_at_ms: now_ms,
-        next_offset: local.next_offset,
-        writer: writer.to_string(),
-        kind,
-        files,
-    })
 }
 
 fn dir_size(dir: &Path) -> u64 {

@@ -115,6 +115,10 @@ pub fn prune_local(partition_dir: &Path, keep: usize) -> Result<Vec<String>, Che
     Ok(removed)
 }
 
+/// Checksums already known, by file name and size: SST files are immutable, so a name
+/// and size seen before in the same store is the same file.
+pub type KnownChecksums = std::collections::HashMap<(String, u64), String>;
+
 /// The manifest of a local checkpoint: every file with its size, checksum and content
 /// key. (`kind` says whether the upload will send all files or only new ones.)
 pub fn build_manifest(
@@ -125,17 +129,48 @@ pub fn build_manifest(
     created_at_ms: i64,
     kind: UploadKind,
 ) -> Result<CheckpointManifest, CheckpointError> {
+    build_manifest_reusing(
+        checkpoint,
+        topic,
+        partition,
+        writer,
+        created_at_ms,
+        kind,
+        &KnownChecksums::new(),
+    )
+}
+
+/// [`build_manifest`], reading only the files whose checksum `known` does not hold
+/// (`.sst` files only: the others change in place). A checkpoint of a large store then
+/// reads its new files, not all of them.
+pub fn build_manifest_reusing(
+    checkpoint: &LocalCheckpoint,
+    topic: &str,
+    partition: i32,
+    writer: &str,
+    created_at_ms: i64,
+    kind: UploadKind,
+    known: &KnownChecksums,
+) -> Result<CheckpointManifest, CheckpointError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(&checkpoint.dir).map_err(io_err(&checkpoint.dir))? {
         let path = entry.map_err(io_err(&checkpoint.dir))?.path();
-        if !path.is_file() {
+        let metadata = std::fs::metadata(&path).map_err(io_err(&path))?;
+        if !metadata.is_file() {
             continue;
         }
         let local_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (checksum, size) = file_checksum(&path).map_err(io_err(&path))?;
+        let cached = local_name
+            .ends_with(".sst")
+            .then(|| known.get(&(local_name.clone(), metadata.len())))
+            .flatten();
+        let (checksum, size) = match cached {
+            Some(checksum) => (checksum.clone(), metadata.len()),
+            None => file_checksum(&path).map_err(io_err(&path))?,
+        };
         files.push(ManifestFile {
             remote_key: content_key(&local_name, &checksum, size),
             local_name,

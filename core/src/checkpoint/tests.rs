@@ -117,6 +117,30 @@ fn the_manifest_lists_every_file_with_its_checksum() {
     }
 }
 
+#[test]
+fn known_checksums_are_reused_for_sst_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir.path().join("store"));
+    store.check_and_insert(&[(key(1), 0)], 1).unwrap();
+    let checkpoint = create_local(&store, &dir.path().join("cp"), 5).unwrap();
+    let full = build_manifest(&checkpoint, "events", 0, "w", 5, UploadKind::Full).unwrap();
+    // Claim a checksum for every file: only the SSTs may take it (they are immutable).
+    let known: KnownChecksums = full
+        .files
+        .iter()
+        .map(|f| ((f.local_name.clone(), f.size), "0".repeat(32)))
+        .collect();
+    let reused =
+        build_manifest_reusing(&checkpoint, "events", 0, "w", 5, UploadKind::Full, &known).unwrap();
+    for (a, b) in full.files.iter().zip(&reused.files) {
+        if a.local_name.ends_with(".sst") {
+            assert_eq!(b.checksum, "0".repeat(32), "{}", a.local_name);
+        } else {
+            assert_eq!(a.checksum, b.checksum, "{}", a.local_name);
+        }
+    }
+}
+
 mod transfer_tests {
     use super::*;
     use crate::checkpoint::manifest::{content_key, CheckpointManifest};
