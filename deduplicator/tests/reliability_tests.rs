@@ -482,6 +482,27 @@ fn a_rebalance_storm_loses_nothing_and_never_shares_a_partition() {
         *seen.entry(p.dedup_key).or_default() += 1;
     }
     let republished: usize = seen.values().map(|n| n - 1).sum();
+    // What the members logged about handovers, for reading the republished count.
+    let mut signals: HashMap<&str, usize> = HashMap::new();
+    for (log, _) in &logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for signal in [
+            "could not read committed offsets",
+            "no committed offset; resuming",
+            "drain timed out",
+            "committing revoked partitions failed",
+            "replaying the gap in catch-up mode",
+            "cannot move to the store's offset",
+        ] {
+            *signals.entry(signal).or_default() += text.matches(signal).count();
+        }
+        for line in text.lines().filter(|l| {
+            l.contains("committing revoked partitions failed")
+                || l.contains("could not read committed offsets")
+        }) {
+            eprintln!("storm signal: {}", strip_ansi(line));
+        }
+    }
 
     // Fencing: per partition, the ownership intervals of different processes never
     // overlap.
@@ -533,7 +554,7 @@ fn a_rebalance_storm_loses_nothing_and_never_shares_a_partition() {
         }
     }
     eprintln!(
-        "rebalance storm ({seconds} s): {} events sent, {} unique in truth, {} unique in output, {republished} republished originals, {spawned} members started, {leaves} left, {handovers} partition handovers, {manifests_checked} manifests checked",
+        "rebalance storm ({seconds} s): {} events sent, {} unique in truth, {} unique in output, {republished} republished originals, {spawned} members started, {leaves} left, {handovers} partition handovers, {manifests_checked} manifests checked; logged: {signals:?}",
         events.len(),
         originals.len(),
         seen.len(),
