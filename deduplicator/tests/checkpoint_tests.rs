@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,46 +13,6 @@ use support::*;
 
 const PARTITIONS: i32 = 4;
 const WAIT: Duration = Duration::from_secs(90);
-
-/// Checks the output against the truth: every unique event present, every extra copy a
-/// redelivery of the original. Returns the redelivered count.
-fn verify_no_loss(events: &[GenEvent], output: &[rdkafka::message::OwnedMessage]) -> usize {
-    let mut originals: HashMap<String, String> = HashMap::new();
-    for e in events {
-        originals
-            .entry(e.dedup_key())
-            .or_insert_with(|| e.uuid.clone());
-    }
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for message in output {
-        let published = parse_published(message).expect("output is a generated event");
-        let original = originals
-            .get(&published.dedup_key)
-            .unwrap_or_else(|| panic!("unknown key published: {}", published.dedup_key));
-        assert_eq!(
-            &published.uuid, original,
-            "a copy (not the original) of {} was published: its duplicate state was lost",
-            published.dedup_key
-        );
-        *seen.entry(published.dedup_key).or_default() += 1;
-    }
-    let missing = originals.keys().filter(|k| !seen.contains_key(*k)).count();
-    assert_eq!(missing, 0, "unique events lost");
-    seen.values().map(|n| n - 1).sum()
-}
-
-/// Copies (new uuid, same key) of the given events.
-fn copies_of(events: &[GenEvent], tag: &str) -> Vec<GenEvent> {
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| GenEvent {
-            uuid: format!("{tag}-{i}"),
-            is_copy: true,
-            ..e.clone()
-        })
-        .collect()
-}
 
 fn produce(kafka: &TestKafka, topic: &str, events: &[GenEvent]) {
     kafka.produce(

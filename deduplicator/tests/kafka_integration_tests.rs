@@ -15,48 +15,6 @@ use support::*;
 const PARTITIONS: i32 = 4;
 const WAIT: Duration = Duration::from_secs(90);
 
-fn unique_keys(events: &[GenEvent]) -> HashMap<String, String> {
-    // dedup key -> uuid of the original (first occurrence)
-    let mut originals = HashMap::new();
-    for e in events {
-        originals
-            .entry(e.dedup_key())
-            .or_insert_with(|| e.uuid.clone());
-    }
-    originals
-}
-
-/// Checks the output against the generated truth: every unique event is present, and
-/// every extra copy is a redelivery of the original (same uuid), never another copy.
-/// Returns how many messages were published more than once.
-fn verify_no_loss(events: &[GenEvent], output: &[rdkafka::message::OwnedMessage]) -> usize {
-    let originals = unique_keys(events);
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for message in output {
-        let published = parse_published(message).expect("output is a generated event");
-        let original = originals
-            .get(&published.dedup_key)
-            .unwrap_or_else(|| panic!("unknown key published: {}", published.dedup_key));
-        assert_eq!(
-            &published.uuid, original,
-            "a copy (not the original) of {} was published",
-            published.dedup_key
-        );
-        *seen.entry(published.dedup_key).or_default() += 1;
-    }
-    let missing: Vec<_> = originals
-        .keys()
-        .filter(|k| !seen.contains_key(*k))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} unique events lost, e.g. {:?}",
-        missing.len(),
-        missing.first()
-    );
-    seen.values().map(|n| n - 1).sum()
-}
-
 #[test]
 fn ten_thousand_events_with_duplicates_publish_each_unique_once_in_order() {
     let kafka = TestKafka::start();

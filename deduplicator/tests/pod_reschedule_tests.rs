@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -142,28 +141,14 @@ fn a_pod_rescheduled_onto_an_empty_volume_keeps_its_deduplication_state() {
     assert!(second.terminate().success());
 
     // Every unique event, each published as its original (never a replayed copy).
-    let all: Vec<&GenEvent> = before.iter().chain(&replayed).chain(&fresh).collect();
-    let mut originals: HashMap<String, String> = HashMap::new();
-    for e in &all {
-        originals
-            .entry(e.dedup_key())
-            .or_insert_with(|| e.uuid.clone());
-    }
-    let published = kafka.read_all(&output, PARTITIONS, originals.len(), Duration::from_secs(2));
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for message in &published {
-        let p = parse_published(message).expect("a generated event");
-        assert_eq!(
-            originals.get(&p.dedup_key),
-            Some(&p.uuid),
-            "a replayed copy was published: state lost in the reschedule"
-        );
-        *seen.entry(p.dedup_key).or_default() += 1;
-    }
-    assert_eq!(seen.len(), originals.len(), "unique events lost");
-    eprintln!(
-        "pod reschedule: {} unique, {} redelivered originals",
-        originals.len(),
-        seen.values().map(|n| n - 1).sum::<usize>()
-    );
+    let all: Vec<GenEvent> = before
+        .iter()
+        .chain(&replayed)
+        .chain(&fresh)
+        .cloned()
+        .collect();
+    let uniques = unique_keys(&all).len();
+    let published = kafka.read_all(&output, PARTITIONS, uniques, Duration::from_secs(2));
+    let republished = verify_no_loss(&all, &published);
+    eprintln!("pod reschedule: {uniques} unique, {republished} redelivered originals");
 }
