@@ -136,23 +136,7 @@ fn memory_at_steady_state(
         mock.create_topic(topic, MEMORY_PARTITIONS, 1)
             .expect("topic");
     }
-    let store = std::env::temp_dir().join(format!("dedup-bench-mem-{}", std::process::id()));
-    let http = {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("port");
-        listener.local_addr().expect("addr")
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deduplicator"))
-        .env("KAFKA_HOSTS", bootstrap)
-        .env("KAFKA_CONSUMER_TOPIC", "mem_in")
-        .env("OUTPUT_TOPIC", "mem_out")
-        .env("KAFKA_CONSUMER_GROUP", "dedup-bench-mem")
-        .env("STORE_PATH", &store)
-        .env("LOCAL_CHECKPOINT_DIR", store.join("checkpoints"))
-        .env("HTTP_BIND", http.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn deduplicator");
+    let (mut child, store, http) = spawn_deduplicator(bootstrap, "mem_in", "mem_out", "mem");
     let pid = child.id();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let feeder = {
@@ -321,24 +305,8 @@ fn raw_consume_produce(bootstrap: &str, events: usize) -> Duration {
 /// Time from start-up to every event consumed, published and committed, time from the
 /// first consumed message to the same point, and events published.
 fn run_deduplicator(bootstrap: &str, events: usize, uniques: usize) -> (Duration, Duration, u64) {
-    let store = std::env::temp_dir().join(format!("dedup-bench-{}", std::process::id()));
-    let http = {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("port");
-        listener.local_addr().expect("addr")
-    };
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deduplicator"))
-        .env("KAFKA_HOSTS", bootstrap)
-        .env("KAFKA_CONSUMER_TOPIC", "in")
-        .env("OUTPUT_TOPIC", "out")
-        .env("KAFKA_CONSUMER_GROUP", "dedup-bench")
-        .env("STORE_PATH", &store)
-        .env("LOCAL_CHECKPOINT_DIR", store.join("checkpoints"))
-        .env("HTTP_BIND", http.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn deduplicator");
+    let (mut child, store, http) = spawn_deduplicator(bootstrap, "in", "out", "throughput");
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first_message = None;
     let published = loop {
@@ -363,6 +331,34 @@ fn run_deduplicator(bootstrap: &str, events: usize, uniques: usize) -> (Duration
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&store);
     (elapsed, consuming, published)
+}
+
+/// The release binary with default settings, consuming `input` into `output`; its store
+/// directory (remove it afterwards) and HTTP address.
+fn spawn_deduplicator(
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    tag: &str,
+) -> (std::process::Child, std::path::PathBuf, SocketAddr) {
+    let store = std::env::temp_dir().join(format!("dedup-bench-{tag}-{}", std::process::id()));
+    let http = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("port");
+        listener.local_addr().expect("addr")
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_deduplicator"))
+        .env("KAFKA_HOSTS", bootstrap)
+        .env("KAFKA_CONSUMER_TOPIC", input)
+        .env("OUTPUT_TOPIC", output)
+        .env("KAFKA_CONSUMER_GROUP", format!("dedup-bench-{tag}"))
+        .env("STORE_PATH", &store)
+        .env("LOCAL_CHECKPOINT_DIR", store.join("checkpoints"))
+        .env("HTTP_BIND", http.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn deduplicator");
+    (child, store, http)
 }
 
 fn metric(metrics: &str, prefix: &str) -> f64 {

@@ -29,15 +29,8 @@ fn partition_state_travels_through_s3_to_a_process_with_its_own_store() {
     let input = kafka.topic("in", PARTITIONS);
     let output = kafka.topic("out", PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
-    let spec = |pod: &str| {
-        DedupSpec {
-            pod_name: Some(pod.into()),
-            ..DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join(pod))
-        }
-        .with_s3(&s3)
-        .env("CHECKPOINT_INTERVAL", "1s")
-        .env("DEDUP_WINDOW", "0")
-    };
+    let spec =
+        |pod: &str| DedupSpec::checkpointing_pod(&kafka, &input, &output, dir.path(), pod, &s3);
     let events = generate(3_000, 20, PARTITIONS, 7, "h1");
 
     let mut a = spec("dedup-a").spawn(dir.path(), "a");

@@ -158,14 +158,8 @@ fn damaged_checkpoints_are_detected_and_the_next_older_one_is_used() {
     let output = kafka.topic("out", PARTS);
     let dir = tempfile::tempdir().unwrap();
     let spec = |pod: &str| {
-        DedupSpec {
-            pod_name: Some(pod.into()),
-            ..DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join(pod))
-        }
-        .with_s3(&s3)
-        .env("CHECKPOINT_INTERVAL", "1s")
-        .env("MAX_REMOTE_CHECKPOINTS", "100")
-        .env("DEDUP_WINDOW", "0")
+        DedupSpec::checkpointing_pod(&kafka, &input, &output, dir.path(), pod, &s3)
+            .env("MAX_REMOTE_CHECKPOINTS", "100")
     };
     let first = generate(3_000, 10, PARTS, 41, "d1");
     let second = generate(3_000, 10, PARTS, 42, "d2");
@@ -565,17 +559,11 @@ fn an_s3_outage_during_uploads_and_a_restore_stops_nothing() {
     let output = kafka.topic("out", PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
     let spec = |pod: &str| {
-        DedupSpec {
-            pod_name: Some(pod.into()),
-            ..DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join(pod))
-        }
-        .with_s3(&via)
-        .env("CHECKPOINT_INTERVAL", "1s")
-        .env("S3_MAX_ATTEMPTS", "1")
-        .env("S3_REQUEST_TIMEOUT", "2s")
-        .env("RESTORE_MAX_ATTEMPTS", "2")
-        .env("RESTORE_TIMEOUT", "5s")
-        .env("DEDUP_WINDOW", "0")
+        DedupSpec::checkpointing_pod(&kafka, &input, &output, dir.path(), pod, &via)
+            .env("S3_MAX_ATTEMPTS", "1")
+            .env("S3_REQUEST_TIMEOUT", "2s")
+            .env("RESTORE_MAX_ATTEMPTS", "2")
+            .env("RESTORE_TIMEOUT", "5s")
     };
     let uploads_ok = |d: &Dedup| d.metric("dedup_checkpoint_uploads_total{result=\"success\"}");
     let uploads_failed = |d: &Dedup| d.metric("dedup_checkpoint_uploads_total{result=\"failure\"}");

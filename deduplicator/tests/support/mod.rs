@@ -672,6 +672,25 @@ impl TestS3 {
 }
 
 impl DedupSpec {
+    /// Pod `pod` with its own store directory `{dir}/{pod}`, checkpointing to `s3` every
+    /// second, with no dedup window (generated events carry old timestamps).
+    pub fn checkpointing_pod(
+        kafka: &TestKafka,
+        input: &str,
+        output: &str,
+        dir: &Path,
+        pod: &str,
+        s3: &TestS3,
+    ) -> Self {
+        DedupSpec {
+            pod_name: Some(pod.into()),
+            ..DedupSpec::new(kafka, input, Some(output), &dir.join(pod))
+        }
+        .with_s3(s3)
+        .env("CHECKPOINT_INTERVAL", "1s")
+        .env("DEDUP_WINDOW", "0")
+    }
+
     pub fn with_s3(mut self, s3: &TestS3) -> Self {
         self.extra.extend(s3.env());
         self
