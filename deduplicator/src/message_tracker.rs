@@ -120,6 +120,16 @@ impl PartitionTracker {
         self.state().committable
     }
 
+    /// Offsets at or below `committed` are never released again (for a committed offset
+    /// learned after the tracker was made).
+    pub fn raise_floor(&self, committed: i64) {
+        let mut state = self.state();
+        state.floor = state.floor.max(committed);
+        if state.committable.is_some_and(|next| next <= state.floor) {
+            state.committable = None;
+        }
+    }
+
     /// Messages received and not yet done.
     pub fn in_flight(&self) -> usize {
         self.state()
@@ -265,6 +275,25 @@ mod tests {
         let (tracker, _) = tracker(10);
         let partition = tracker.partition(0, Some(100));
         partition.track(50, tracker.reserve().await).ack();
+        assert_eq!(partition.committable(), None);
+        partition.track(100, tracker.reserve().await).ack();
+        assert_eq!(partition.committable(), Some(101));
+    }
+
+    #[tokio::test]
+    async fn a_committed_offset_learned_later_is_a_floor_too() {
+        let (tracker, _) = tracker(10);
+        // Assigned while the committed offset could not be read.
+        let partition = tracker.partition(0, None);
+        partition.track(40, tracker.reserve().await).ack();
+        assert_eq!(partition.committable(), Some(41));
+        partition.raise_floor(100);
+        assert_eq!(
+            partition.committable(),
+            None,
+            "41 would move the commit back"
+        );
+        partition.track(60, tracker.reserve().await).ack();
         assert_eq!(partition.committable(), None);
         partition.track(100, tracker.reserve().await).ack();
         assert_eq!(partition.committable(), Some(101));

@@ -19,8 +19,19 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::rebalance_handler::DedupConsumer;
 
-/// Bound of the consumer calls made here (pause, seek, resume).
+/// Bound of the consumer calls made here (pause, seek, resume, committed offsets).
 const CONSUMER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The group's committed offset of a partition, as far as the assignment knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Read from the group coordinator: `None` means the group has no offset for it.
+    Known(Option<i64>),
+    /// The read failed (it times out in a rebalance storm). It is read again, retried,
+    /// before the partition is planned: treating "unknown" as "none" would restart
+    /// from the store's offset, or from 0, and publish history again.
+    Unknown,
+}
 
 /// Where a partition starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,6 +90,15 @@ pub fn plan_start(store: &PartitionStore, partition: i32, committed: Option<i64>
     }
 }
 
+/// A partition's store, ready to consume.
+pub struct Prepared {
+    pub store: PartitionStore,
+    /// Messages below this offset are catch-up.
+    pub catch_up_until: Option<i64>,
+    /// The group's committed offset, read again if it was unknown at assignment.
+    pub committed: Option<i64>,
+}
+
 /// Restores (if needed) and opens the store of a partition assigned at `committed`,
 /// moving consumption back to the store's offset when it is behind. `None` if the store
 /// cannot be opened (the process then reports unhealthy and does not consume it).
@@ -87,8 +107,8 @@ pub async fn prepare_store(
     consumer: &Arc<DedupConsumer>,
     topic: &str,
     partition: i32,
-    committed: Option<i64>,
-) -> Option<(PartitionStore, Option<i64>)> {
+    committed: Committed,
+) -> Option<Prepared> {
     let started = Instant::now();
     let config = &pipeline.config;
     let metrics = &pipeline.metrics;
@@ -102,6 +122,10 @@ pub async fn prepare_store(
     if let Some(Err(error)) = &paused {
         tracing::warn!(partition, %error, "cannot pause the partition while restoring");
     }
+    let committed = match committed {
+        Committed::Known(committed) => committed,
+        Committed::Unknown => read_committed(pipeline, consumer, topic, partition).await,
+    };
 
     if let Some(loader) = &pipeline.loader {
         let local = {
@@ -173,7 +197,61 @@ pub async fn prepare_store(
     if let Some(Err(error)) = resumed {
         tracing::error!(partition, %error, "cannot resume the partition after restoring");
     }
-    Some((store, catch_up_until))
+    Some(Prepared {
+        store,
+        catch_up_until,
+        committed,
+    })
+}
+
+/// Reads the group's committed offset of one partition, retrying with backoff until the
+/// coordinator answers (the caller drops this future when the partition is revoked).
+async fn read_committed(
+    pipeline: &Pipeline,
+    consumer: &Arc<DedupConsumer>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let mut failures = 0u32;
+    loop {
+        let read = {
+            let consumer = Arc::clone(consumer);
+            let one = partition_list(topic, partition);
+            blocking(move || consumer.committed_offsets(one, CONSUMER_CALL_TIMEOUT)).await
+        };
+        match read {
+            Some(Ok(list)) => {
+                let offset = list
+                    .find_partition(topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                tracing::info!(
+                    partition,
+                    committed = ?offset,
+                    failures,
+                    "committed offset read after the assignment could not read it"
+                );
+                return offset;
+            }
+            other => {
+                failures += 1;
+                pipeline.metrics.kafka_errors.inc();
+                let error = match other {
+                    Some(Err(error)) => error.to_string(),
+                    _ => "task failed".to_string(),
+                };
+                tracing::warn!(
+                    partition,
+                    failures,
+                    error,
+                    "cannot read the committed offset; retrying before consuming the partition"
+                );
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(failures.min(20)))).await;
+            }
+        }
+    }
 }
 
 fn report(

@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 
 use crate::message_tracker::PartitionTracker;
 use crate::metrics::{KindLabels, PartitionLabels};
-use crate::partition_restore::{plan_start, prepare_store};
+use crate::partition_restore::{plan_start, prepare_store, Committed, Prepared};
 use crate::partition_worker::{fenced, PartitionWorker, WorkerExit};
 use crate::pipeline::Pipeline;
 
@@ -255,7 +255,7 @@ impl RebalanceHandler {
         let committed = match consumer.committed_offsets(tpl.clone(), COMMITTED_OFFSETS_TIMEOUT) {
             Ok(committed) => Some(committed),
             Err(error) => {
-                tracing::warn!(%error, "could not read committed offsets; no catch-up replay this time");
+                tracing::warn!(%error, "could not read committed offsets; each partition reads its own before consuming");
                 None
             }
         };
@@ -270,20 +270,27 @@ impl RebalanceHandler {
             .map(|e| e.partition())
             .collect();
         for partition in assigned {
-            let committed_offset = committed
-                .as_ref()
-                .and_then(|c| c.find_partition(&topic, partition))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                });
-            let start = if self.pipeline.loader.is_some() {
-                // Restore check in the partition's task, off this callback.
-                Start::Prepare { generation }
-            } else {
-                match self.open_store(&topic, partition) {
+            let committed_offset = match &committed {
+                Some(list) => {
+                    Committed::Known(list.find_partition(&topic, partition).and_then(|e| {
+                        match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        }
+                    }))
+                }
+                None => Committed::Unknown,
+            };
+            let start = match committed_offset {
+                // Restore check (with a remote), or the committed offset read again, in
+                // the partition's task, off this callback.
+                Committed::Known(_) if self.pipeline.loader.is_some() => {
+                    Start::Prepare { generation }
+                }
+                Committed::Unknown => Start::Prepare { generation },
+                Committed::Known(known) => match self.open_store(&topic, partition) {
                     Ok(store) => {
-                        let plan = plan_start(&store, partition, committed_offset);
+                        let plan = plan_start(&store, partition, known);
                         let mut catch_up_until = plan.catch_up_until;
                         if let Some(start) = plan.start {
                             if let Err(error) = tpl_set(tpl, &topic, partition, start) {
@@ -303,7 +310,7 @@ impl RebalanceHandler {
                         tracing::error!(partition, %error, "cannot open the partition store; not consuming it");
                         continue;
                     }
-                }
+                },
             };
             let Some(queue) = stream_consumer.split_partition_queue(&topic, partition) else {
                 tracing::error!(
@@ -334,11 +341,15 @@ impl RebalanceHandler {
         partition: i32,
         start: Start,
         queue: PartitionQueue,
-        committed: Option<i64>,
+        committed: Committed,
         consumer: &Arc<DedupConsumer>,
     ) {
-        let tracker = self.pipeline.tracker.partition(partition, committed);
-        if let Some(committed) = committed {
+        let known = match committed {
+            Committed::Known(known) => known,
+            Committed::Unknown => None,
+        };
+        let tracker = self.pipeline.tracker.partition(partition, known);
+        if let Some(committed) = known {
             // The gauge shows where the partition stands from the start, not only once
             // this process stores an offset.
             self.pipeline
@@ -374,7 +385,21 @@ impl RebalanceHandler {
                         } => prepared,
                     };
                     match prepared {
-                        Some(prepared) => prepared,
+                        Some(Prepared {
+                            store,
+                            catch_up_until,
+                            committed,
+                        }) => {
+                            if let Some(committed) = committed {
+                                tracker_for_worker.raise_floor(committed);
+                                pipeline
+                                    .metrics
+                                    .committed_offset
+                                    .get_or_create(&PartitionLabels { partition })
+                                    .set(committed);
+                            }
+                            (store, catch_up_until)
+                        }
                         None => return WorkerExit { committable: None },
                     }
                 }
