@@ -52,6 +52,11 @@ pub mod env {
     pub const RESTORE_TIMEOUT: &str = "RESTORE_TIMEOUT";
     pub const RESTORE_MAX_ATTEMPTS: &str = "RESTORE_MAX_ATTEMPTS";
     pub const RESTORE_FAIL_HARD: &str = "RESTORE_FAIL_HARD";
+    pub const OUTPUT_GUARANTEE: &str = "OUTPUT_GUARANTEE";
+    pub const TRANSACTION_MAX_MESSAGES: &str = "TRANSACTION_MAX_MESSAGES";
+    pub const TRANSACTION_MAX_DURATION: &str = "TRANSACTION_MAX_DURATION";
+    pub const TRANSACTION_TIMEOUT: &str = "TRANSACTION_TIMEOUT";
+    pub const TRANSACTIONAL_ID_PREFIX: &str = "TRANSACTIONAL_ID_PREFIX";
 }
 
 /// Accepted forms of a duration, quoted in error messages.

@@ -173,8 +173,44 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub restore_max_attempts: u32,
 
+    /// What a `read_committed` reader of the output topic sees: `at-least-once` (a crash
+    /// or a rebalance may publish an original again) or `exactly-once` (output and
+    /// consumed offsets commit in one Kafka transaction per partition; needs
+    /// OUTPUT_TOPIC and brokers with transactions).
+    #[arg(long, env = env::OUTPUT_GUARANTEE, default_value = "at-least-once")]
+    pub output_guarantee: OutputGuarantee,
+
+    /// Exactly-once: most messages consumed in one transaction of a partition.
+    #[arg(long, env = env::TRANSACTION_MAX_MESSAGES, default_value_t = 5000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub transaction_max_messages: u32,
+
+    /// Exactly-once: a partition's open transaction is committed at most this long after
+    /// its first message. Output becomes visible to `read_committed` readers only then.
+    #[arg(long, env = env::TRANSACTION_MAX_DURATION, default_value = "100ms", value_parser = parse_duration)]
+    pub transaction_max_duration: Duration,
+
+    /// Exactly-once: the brokers abort a transaction left open this long (a crashed
+    /// owner's), and the bound of each transactional call (librdkafka
+    /// `transaction.timeout.ms`).
+    #[arg(long, env = env::TRANSACTION_TIMEOUT, default_value = "60s", value_parser = parse_duration)]
+    pub transaction_timeout: Duration,
+
+    /// Exactly-once: `transactional.id` of partition P is `{prefix}-{topic}-{P}`, the same
+    /// on every pod, so a partition's new owner fences the old one. Default: the consumer
+    /// group.
+    #[arg(long, env = env::TRANSACTIONAL_ID_PREFIX)]
+    pub transactional_id_prefix: Option<String>,
+
     #[command(flatten)]
     pub remote: RemoteArgs,
+}
+
+/// The output guarantee (OUTPUT_GUARANTEE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputGuarantee {
+    AtLeastOnce,
+    ExactlyOnce,
 }
 
 /// librdkafka properties given as text.
@@ -220,6 +256,40 @@ impl Config {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
         properties
+    }
+
+    pub fn exactly_once(&self) -> bool {
+        self.output_guarantee == OutputGuarantee::ExactlyOnce
+    }
+
+    /// The `transactional.id` of a source partition (exactly-once).
+    pub fn transactional_id(&self, partition: i32) -> String {
+        let prefix = self
+            .transactional_id_prefix
+            .as_deref()
+            .unwrap_or(&self.kafka_consumer_group);
+        format!("{prefix}-{}-{partition}", self.kafka_consumer_topic)
+    }
+
+    /// Settings that are valid one by one but not together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.exactly_once() && self.output_topic.is_none() {
+            return Err(format!(
+                "{}=exactly-once needs {}: the output is what the transactions commit",
+                env::OUTPUT_GUARANTEE,
+                env::OUTPUT_TOPIC
+            ));
+        }
+        if self.exactly_once() && self.transaction_max_duration >= self.transaction_timeout {
+            return Err(format!(
+                "{} ({:?}) must be shorter than {} ({:?}), or the brokers abort transactions before they are committed",
+                env::TRANSACTION_MAX_DURATION,
+                self.transaction_max_duration,
+                env::TRANSACTION_TIMEOUT,
+                self.transaction_timeout
+            ));
+        }
+        Ok(())
     }
 
     pub fn store_settings(&self) -> StoreSettings {
@@ -304,11 +374,58 @@ mod tests {
                 "S3_ENDPOINT",
                 "http://",
             ),
+            (
+                &["--output-guarantee", "once"][..],
+                "OUTPUT_GUARANTEE",
+                "at-least-once, exactly-once",
+            ),
+            (
+                &["--transaction-max-duration", "soon"][..],
+                "TRANSACTION_MAX_DURATION",
+                "with a unit",
+            ),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(variable), "{args:?}: {err}");
             assert!(err.contains(form), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn exactly_once_settings_are_checked_together() {
+        let config = parse(&["--output-guarantee", "exactly-once"]).unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.contains("OUTPUT_GUARANTEE") && err.contains("OUTPUT_TOPIC"),
+            "{err}"
+        );
+        let config = parse(&[
+            "--output-guarantee",
+            "exactly-once",
+            "--output-topic",
+            "out",
+            "--transaction-max-duration",
+            "2m",
+        ])
+        .unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.contains("TRANSACTION_MAX_DURATION") && err.contains("TRANSACTION_TIMEOUT"),
+            "{err}"
+        );
+        let config = parse(&[
+            "--output-guarantee",
+            "exactly-once",
+            "--output-topic",
+            "out",
+        ])
+        .unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.transactional_id(3), "kafka-deduplicator-events-3");
+        assert_eq!(
+            parse(&[]).unwrap().output_guarantee,
+            OutputGuarantee::AtLeastOnce
+        );
     }
 
     #[test]

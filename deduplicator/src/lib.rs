@@ -9,6 +9,8 @@
 //!   the ownership record.
 //! - [`message_tracker`]: `MessageTracker`, ackable messages and in-order commits.
 //! - [`publisher`]: output and dead-letter producer.
+//! - [`transactional_publisher`]: `TransactionalPublisher`, exactly-once output: one
+//!   transaction per partition carrying its output and its consumed offsets.
 //! - [`config`], [`metrics`], [`pipeline`]: settings, Prometheus metrics, shared state.
 //! - [`quickstart`]: the pipeline on an embedded Kafka and generated events, checked.
 
@@ -23,6 +25,7 @@ pub mod publisher;
 pub mod quickstart;
 pub mod rebalance_handler;
 pub mod stateful_consumer;
+pub mod transactional_publisher;
 
 pub use config::Config;
 pub use stateful_consumer::{run, run_with_metrics, RunError, StatefulKafkaConsumer};

@@ -8,6 +8,10 @@ use deduplicator::Config;
 fn main() -> ExitCode {
     // A bad setting exits here with status 2 and a message naming the variable.
     let config = Config::parse();
+    if let Err(message) = config.validate() {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     dedup_core::telemetry::init(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

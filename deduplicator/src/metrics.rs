@@ -76,6 +76,9 @@ pub struct Metrics {
     pub restore_bytes: Counter,
     pub restore_skipped_checkpoints: Counter,
     pub owner_record_writes: Family<ResultLabels, Counter>,
+    pub transactions: Family<ResultLabels, Counter>,
+    pub transaction_duration: Histogram,
+    pub transaction_events: Histogram,
 }
 
 impl Metrics {
@@ -127,6 +130,11 @@ impl Metrics {
             restore_bytes: Counter::default(),
             restore_skipped_checkpoints: Counter::default(),
             owner_record_writes: Family::default(),
+            transactions: Family::default(),
+            // 1 ms … ~65 s
+            transaction_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            // 1 … 65,536 messages
+            transaction_events: Histogram::new(exponential_buckets(1.0, 2.0, 17)),
         };
         let r = registry.sub_registry_with_prefix("dedup");
         r.register(
@@ -293,6 +301,21 @@ impl Metrics {
             "owner_record_writes",
             "Writes of this pod's ownership record, by result",
             metrics.owner_record_writes.clone(),
+        );
+        r.register(
+            "transactions",
+            "Output transactions (OUTPUT_GUARANTEE=exactly-once) by result (committed, aborted, fenced: another owner took the partition's transactional id)",
+            metrics.transactions.clone(),
+        );
+        r.register(
+            "transaction_duration_seconds",
+            "Time from a transaction's first message to its commit",
+            metrics.transaction_duration.clone(),
+        );
+        r.register(
+            "transaction_events",
+            "Messages consumed per committed transaction (their offsets commit with it)",
+            metrics.transaction_events.clone(),
         );
         metrics
     }

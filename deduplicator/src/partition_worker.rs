@@ -28,6 +28,7 @@ use crate::metrics::{MalformedLabels, PartitionLabels};
 use crate::pipeline::Pipeline;
 use crate::publisher::Target;
 use crate::rebalance_handler::{DedupConsumer, PartitionQueue};
+use crate::transactional_publisher::{TransactionError, TransactionalPublisher};
 
 /// How a worker ended: the next offset to commit, if it moved.
 #[derive(Debug, Clone, Copy)]
@@ -45,12 +46,15 @@ pub struct PartitionWorker {
     pub consumer: Arc<DedupConsumer>,
     pub catch_up_until: Option<i64>,
     pub fence: watch::Receiver<bool>,
+    /// Exactly-once: the partition's output transactions. Offsets then commit with them,
+    /// never through the consumer.
+    pub transactions: Option<TransactionalPublisher>,
 }
 
 impl PartitionWorker {
     /// Runs until fenced. `stray` carries messages of this partition that arrived on the
     /// consumer's main queue.
-    pub async fn run(self, mut stray: mpsc::UnboundedReceiver<OwnedMessage>) -> WorkerExit {
+    pub async fn run(mut self, mut stray: mpsc::UnboundedReceiver<OwnedMessage>) -> WorkerExit {
         let mut fence = self.fence.clone();
         // Deliveries run as their own tasks: they complete (and give back in-flight room)
         // even while this task waits for room itself.
@@ -58,9 +62,16 @@ impl PartitionWorker {
         let mut stored: Option<i64> = None;
         let batch_size = self.pipeline.config.batch_size as usize;
         loop {
+            let commit_due = self.transactions.as_ref().and_then(|t| t.deadline());
             let first = tokio::select! {
                 biased;
                 _ = fenced(&mut fence) => break,
+                _ = sleep_until(commit_due), if commit_due.is_some() => {
+                    if !self.commit_transaction(None).await {
+                        return self.fenced_out();
+                    }
+                    None
+                }
                 Some(done) = deliveries.join_next(), if !deliveries.is_empty() => {
                     if let Err(error) = done {
                         // Its message was dropped unacked: counted, and never committed.
@@ -79,6 +90,11 @@ impl PartitionWorker {
                     _ = fenced(&mut fence) => break,
                     reservation = self.pipeline.tracker.reserve() => reservation,
                 };
+                // A batch never takes a transaction past TRANSACTION_MAX_MESSAGES.
+                let batch_size = self
+                    .transactions
+                    .as_ref()
+                    .map_or(batch_size, |t| t.room().min(batch_size));
                 let mut batch = Vec::with_capacity(batch_size);
                 batch.push((reservation, first));
                 while batch.len() < batch_size {
@@ -93,8 +109,22 @@ impl PartitionWorker {
                     }
                 }
                 self.process(batch, &mut deliveries).await;
+                if self.transactions.as_ref().is_some_and(|t| t.is_full())
+                    && !self.commit_transaction(None).await
+                {
+                    return self.fenced_out();
+                }
             }
             self.store_committable(&mut stored);
+        }
+
+        if self.transactions.is_some() {
+            // Revoked: commit what is open, within the drain bound; past it, abort (the
+            // next owner publishes those messages again, once).
+            let give_up_at =
+                std::time::Instant::now() + self.pipeline.config.rebalance_drain_timeout;
+            self.commit_transaction(Some(give_up_at)).await;
+            return WorkerExit { committable: None };
         }
 
         // Fenced: take nothing new, let in-flight deliveries finish within the bound.
@@ -121,6 +151,35 @@ impl PartitionWorker {
         }
     }
 
+    /// Commits the open transaction; false if this process was fenced (another owner
+    /// has the partition's transactional id), and the worker must stop.
+    async fn commit_transaction(&mut self, give_up_at: Option<std::time::Instant>) -> bool {
+        let Some(transactions) = self.transactions.as_mut() else {
+            return true;
+        };
+        match transactions
+            .commit(self.consumer.as_ref(), give_up_at)
+            .await
+        {
+            Ok(()) => true,
+            Err(TransactionError::Fenced { .. }) => false,
+            Err(error @ TransactionError::Deadline(_)) => {
+                tracing::error!(partition = self.partition, %error, "transaction abandoned at revocation; the next owner publishes its messages");
+                true
+            }
+        }
+    }
+
+    /// Fenced by a newer owner of the partition's transactional id: take nothing more,
+    /// commit nothing; the rebalance that follows revokes the partition.
+    fn fenced_out(&self) -> WorkerExit {
+        self.tracker.fence();
+        self.pipeline
+            .health
+            .set_not_ready("a partition's transactional producer was fenced");
+        WorkerExit { committable: None }
+    }
+
     fn detach(
         &self,
         received: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
@@ -135,7 +194,11 @@ impl PartitionWorker {
         }
     }
 
-    async fn process(&self, batch: Vec<(Reservation, OwnedMessage)>, deliveries: &mut JoinSet<()>) {
+    async fn process(
+        &mut self,
+        batch: Vec<(Reservation, OwnedMessage)>,
+        deliveries: &mut JoinSet<()>,
+    ) {
         let metrics = &self.pipeline.metrics;
         metrics.messages_in.inc_by(batch.len() as u64);
         let Some(last_offset) = batch.last().map(|(_, m)| m.offset()) else {
@@ -159,6 +222,7 @@ impl PartitionWorker {
         let Some(outcomes) = self.check_and_insert(&keyed, last_offset + 1).await else {
             return; // fenced while the store was failing: the messages are abandoned
         };
+        let consumed = messages.len();
 
         let publisher = &self.pipeline.publisher;
         let mut outcomes = outcomes.into_iter();
@@ -209,6 +273,12 @@ impl PartitionWorker {
                 ackable.ack();
                 continue;
             };
+            if let Some(transactions) = self.transactions.as_mut() {
+                // Final once the transaction commits; a failed commit publishes it again.
+                transactions.publish(message, target).await;
+                ackable.ack();
+                continue;
+            }
             match publisher.enqueue(&message, target).await {
                 None => ackable.ack(), // no output topic: deduplicate and count only
                 Some(first) => {
@@ -221,6 +291,9 @@ impl PartitionWorker {
                     });
                 }
             }
+        }
+        if let Some(transactions) = self.transactions.as_mut() {
+            transactions.consumed(last_offset + 1, consumed);
         }
     }
 
@@ -258,6 +331,9 @@ impl PartitionWorker {
     }
 
     fn store_committable(&self, stored: &mut Option<i64>) {
+        if self.transactions.is_some() {
+            return; // offsets commit inside the transactions
+        }
         let Some(next) = self.tracker.committable() else {
             return;
         };
@@ -286,6 +362,13 @@ impl PartitionWorker {
                 tracing::warn!(partition = self.partition, %error, "storing the offset failed")
             }
         }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -85,29 +85,7 @@ impl Publisher {
             Target::Output => self.output_topic.as_deref()?,
             Target::DeadLetter { .. } => self.dead_letter_topic.as_deref()?,
         };
-        let mut record = FutureRecord::to(topic);
-        if let Some(headers) = headers_for(message, target) {
-            record = record.headers(headers);
-        }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        if let Timestamp::CreateTime(ts) | Timestamp::LogAppendTime(ts) = message.timestamp() {
-            record = record.timestamp(ts);
-        }
-        loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => return Some(Ok(delivery)),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((err, _)) => return Some(Err(err)),
-            }
-        }
+        Some(send(&self.producer, message, topic, target).await)
     }
 
     /// Waits for `first` (an enqueue for `target`) to be acknowledged, retrying as the
@@ -173,7 +151,40 @@ impl Publisher {
     }
 }
 
-fn backoff(failures: u32) -> Duration {
+/// Enqueues `message` to `topic` with its key, headers (plus the dead-letter ones),
+/// timestamp and payload unchanged; waits only while librdkafka's queue is full.
+pub(crate) async fn send(
+    producer: &FutureProducer,
+    message: &OwnedMessage,
+    topic: &str,
+    target: Target,
+) -> Result<DeliveryFuture, KafkaError> {
+    let mut record = FutureRecord::to(topic);
+    if let Some(headers) = headers_for(message, target) {
+        record = record.headers(headers);
+    }
+    if let Some(payload) = message.payload() {
+        record = record.payload(payload);
+    }
+    if let Some(key) = message.key() {
+        record = record.key(key);
+    }
+    if let Timestamp::CreateTime(ts) | Timestamp::LogAppendTime(ts) = message.timestamp() {
+        record = record.timestamp(ts);
+    }
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((err, _)) => return Err(err),
+        }
+    }
+}
+
+pub(crate) fn backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(8))).min(Duration::from_secs(10))
 }
 

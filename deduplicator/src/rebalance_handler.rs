@@ -42,6 +42,7 @@ use crate::metrics::{KindLabels, PartitionLabels};
 use crate::partition_restore::{plan_start, prepare_store, Committed, Prepared};
 use crate::partition_worker::{fenced, PartitionWorker, WorkerExit};
 use crate::pipeline::Pipeline;
+use crate::transactional_publisher::TransactionalPublisher;
 
 pub type DedupConsumer = rdkafka::consumer::StreamConsumer<DedupContext>;
 pub type PartitionQueue = StreamPartitionQueue<DedupContext>;
@@ -404,6 +405,19 @@ impl RebalanceHandler {
                     }
                 }
             };
+            let transactions = if pipeline.config.exactly_once() {
+                let started = tokio::select! {
+                    biased;
+                    _ = fenced(&mut fence) => None,
+                    started = start_transactions(&pipeline, partition) => Some(started),
+                };
+                match started {
+                    Some(transactions) => Some(transactions),
+                    None => return WorkerExit { committable: None },
+                }
+            } else {
+                None
+            };
             let store = Arc::new(store);
             let _ = worker_slot.set(Arc::clone(&store));
             tracing::info!(
@@ -422,6 +436,7 @@ impl RebalanceHandler {
                 consumer,
                 catch_up_until,
                 fence: fence_rx,
+                transactions,
             }
             .run(stray_rx)
             .await
@@ -584,6 +599,29 @@ impl RebalanceHandler {
         self.partitions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The partition's transactional producer, retried until the brokers answer (the caller
+/// drops this future when the partition is revoked first).
+async fn start_transactions(pipeline: &Arc<Pipeline>, partition: i32) -> TransactionalPublisher {
+    let mut failures = 0u32;
+    loop {
+        match TransactionalPublisher::start(
+            &pipeline.config,
+            partition,
+            Arc::clone(&pipeline.metrics),
+        )
+        .await
+        {
+            Ok(transactions) => return transactions,
+            Err(error) => {
+                failures += 1;
+                pipeline.metrics.kafka_errors.inc();
+                tracing::error!(partition, %error, failures, "cannot initialise the partition's transactional producer; retrying");
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(failures.min(20)))).await;
+            }
+        }
     }
 }
 

@@ -26,6 +26,8 @@ use crate::rebalance_handler::{DedupConsumer, DedupContext, RebalanceHandler};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("invalid settings: {0}")]
+    Settings(String),
     #[error("cannot bind the HTTP port {addr} (HTTP_BIND): {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -70,6 +72,8 @@ impl StatefulKafkaConsumer {
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "1000")
+            // Never read what an upstream transaction may still abort.
+            .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "5000");
         if let Some(pod) = &config.pod_name {
@@ -80,6 +84,10 @@ impl StatefulKafkaConsumer {
         }
         for (key, value) in &config.kafka_consumer_properties.0 {
             client.set(key, value);
+        }
+        if config.exactly_once() {
+            // Offsets commit inside each partition's output transaction, never apart.
+            client.set("enable.auto.commit", "false");
         }
         let consumer: DedupConsumer = client
             .create_with_context(DedupContext {
@@ -181,6 +189,7 @@ pub async fn run_with_metrics(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    config.validate().map_err(RunError::Settings)?;
     std::fs::create_dir_all(&config.store_path).map_err(|source| RunError::StorePath {
         path: config.store_path.clone(),
         source,

@@ -49,6 +49,16 @@ impl TestKafka {
         }
     }
 
+    /// The mock cluster, when the tests run on it (for error injection).
+    pub fn mock(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
+        self._mock.as_ref()
+    }
+
+    /// True when the tests run against a real broker (`KAFKA_TEST_BOOTSTRAP_SERVERS`).
+    pub fn is_real_broker(&self) -> bool {
+        self._mock.is_none()
+    }
+
     /// A new topic with a name unique to this test run.
     pub fn topic(&self, prefix: &str, partitions: i32) -> String {
         static COUNTER: AtomicU32 = AtomicU32::new(0);

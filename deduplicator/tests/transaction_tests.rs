@@ -1,0 +1,351 @@
+//! Exactly-once output (`OUTPUT_GUARANTEE=exactly-once`).
+//!
+//! What librdkafka's mock cluster (2.12.1) does and does not do for transactions decides
+//! what these tests can prove on it:
+//! - it does: transactional producer ids, begin/commit/abort calls, error injection;
+//! - it does not: store offsets sent in a transaction (`TxnOffsetCommit` answers without
+//!   committing); fence a transactional id's earlier producer (each `InitProducerId`
+//!   of a new producer gets a new producer id instead of bumping the id's epoch); write
+//!   abort markers or hide aborted records from `read_committed` readers (its last
+//!   stable offset is the high watermark and it reports no aborted transactions).
+//!
+//! So on the mock, fencing is injected as the broker's `PRODUCER_FENCED` answer, and the
+//! process tests check "no unique event lost, never a later copy published"; "no
+//! original published twice" is asserted against a real broker
+//! (`KAFKA_TEST_BOOTSTRAP_SERVERS`) and printed on the mock.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use deduplicator::metrics::Metrics;
+use deduplicator::publisher::Target;
+use deduplicator::transactional_publisher::{TransactionError, TransactionalPublisher};
+use deduplicator::Config;
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, Timestamp, TopicPartitionList};
+use support::*;
+
+const PARTITIONS: i32 = 4;
+const WAIT: Duration = Duration::from_secs(120);
+
+fn exactly_once_config(kafka: &TestKafka, input: &str, output: &str) -> Config {
+    Config::try_parse_from([
+        "deduplicator",
+        "--kafka-hosts",
+        &kafka.bootstrap,
+        "--kafka-consumer-topic",
+        input,
+        "--kafka-consumer-group",
+        &format!("group-{input}"),
+        "--output-topic",
+        output,
+        "--output-guarantee",
+        "exactly-once",
+        "--transaction-timeout",
+        "20s",
+    ])
+    .expect("settings")
+}
+
+fn group_consumer(kafka: &TestKafka, config: &Config) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("group.id", &config.kafka_consumer_group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+fn message(topic: &str, offset: i64, body: &str) -> OwnedMessage {
+    OwnedMessage::new(
+        Some(body.as_bytes().to_vec()),
+        Some(b"k".to_vec()),
+        topic.to_string(),
+        Timestamp::CreateTime(1_700_000_000_000),
+        0,
+        offset,
+        None,
+    )
+}
+
+fn count(metrics: &Metrics, result: &'static str) -> u64 {
+    metrics
+        .transactions
+        .get_or_create(&deduplicator::metrics::ResultLabels { result })
+        .get()
+}
+
+fn committed_offset(consumer: &BaseConsumer, topic: &str) -> Option<i64> {
+    let mut one = TopicPartitionList::new();
+    one.add_partition(topic, 0);
+    let list = consumer
+        .committed_offsets(one, Duration::from_secs(10))
+        .ok()?;
+    match list.find_partition(topic, 0)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// A transaction whose messages cannot all be written is aborted, and its messages are
+/// published again in a new transaction that commits; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_transaction_publishes_its_messages_again() {
+    let kafka = TestKafka::start();
+    let input = kafka.topic("txin", 1);
+    let output = kafka.topic("txout", 1);
+    let config = exactly_once_config(&kafka, &input, &output);
+    let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+    let consumer = group_consumer(&kafka, &config);
+    let mut transactions = TransactionalPublisher::start(&config, 0, Arc::clone(&metrics))
+        .await
+        .expect("transactional producer");
+    assert_eq!(
+        transactions.transactional_id(),
+        format!("group-{input}-{input}-0")
+    );
+    if let Some(mock) = kafka.mock() {
+        // The first write of the transaction fails for good: the transaction must abort.
+        mock.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+        );
+    }
+    for offset in 0..3 {
+        transactions
+            .publish(
+                message(&input, offset, &format!("event {offset}")),
+                Target::Output,
+            )
+            .await;
+    }
+    transactions.consumed(3, 3);
+    transactions
+        .commit(&consumer, Some(Instant::now() + Duration::from_secs(60)))
+        .await
+        .expect("committed after the abort");
+
+    assert_eq!(count(&metrics, "committed"), 1);
+    if kafka.mock().is_some() {
+        assert!(
+            count(&metrics, "aborted") >= 1,
+            "the injected error aborted a transaction"
+        );
+    } else {
+        assert_eq!(committed_offset(&consumer, &input), Some(3));
+    }
+    assert_eq!(metrics.published.get(), 3);
+    let published = kafka.read_all(&output, 1, 3, Duration::from_secs(1));
+    assert_eq!(published.len(), 3, "each message once in the output");
+}
+
+/// A second producer of the same partition (its new owner) fences the first: the old
+/// owner's commit fails as fenced, commits nothing, and the new owner's commit counts.
+/// (On the mock, which does not fence, the broker's fencing answer is injected.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_of_the_partition_fences_the_old_one() {
+    let kafka = TestKafka::start();
+    let input = kafka.topic("txin", 1);
+    let output = kafka.topic("txout", 1);
+    let config = exactly_once_config(&kafka, &input, &output);
+    let consumer = group_consumer(&kafka, &config);
+    let old_metrics = Arc::new(Metrics::new(&mut Registry::default()));
+    let mut old = TransactionalPublisher::start(&config, 0, Arc::clone(&old_metrics))
+        .await
+        .expect("old owner");
+    old.publish(message(&input, 0, "from the old owner"), Target::Output)
+        .await;
+    old.consumed(1, 1);
+
+    let new_metrics = Arc::new(Metrics::new(&mut Registry::default()));
+    let mut new = TransactionalPublisher::start(&config, 0, Arc::clone(&new_metrics))
+        .await
+        .expect("new owner");
+    if let Some(mock) = kafka.mock() {
+        mock.request_errors(
+            RDKafkaApiKey::EndTxn,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+        );
+    }
+    let fenced = old
+        .commit(&consumer, Some(Instant::now() + Duration::from_secs(30)))
+        .await;
+    assert!(
+        matches!(fenced, Err(TransactionError::Fenced { .. })),
+        "{fenced:?}"
+    );
+    assert_eq!(count(&old_metrics, "fenced"), 1);
+    assert_eq!(count(&old_metrics, "committed"), 0);
+    assert_eq!(old_metrics.published.get(), 0);
+
+    new.publish(message(&input, 0, "from the new owner"), Target::Output)
+        .await;
+    new.consumed(1, 1);
+    new.commit(&consumer, Some(Instant::now() + Duration::from_secs(30)))
+        .await
+        .expect("the new owner commits");
+    assert_eq!(count(&new_metrics, "committed"), 1);
+    if kafka.is_real_broker() {
+        let published = kafka.read_all(&output, 1, 1, Duration::from_secs(2));
+        let bodies: Vec<_> = published
+            .iter()
+            .map(|m| {
+                String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default())
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(bodies, ["from the new owner"]);
+        assert_eq!(committed_offset(&consumer, &input), Some(1));
+    }
+}
+
+/// The process in exactly-once mode: every unique event in the output once, no
+/// duplicate, transactions bounded by `TRANSACTION_MAX_MESSAGES`.
+#[test]
+fn exactly_once_mode_publishes_each_unique_event_once() {
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", PARTITIONS);
+    let output = kafka.topic("out", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let events = generate(6_000, 25, PARTITIONS, 91, "x1");
+    kafka.produce(
+        &input,
+        &events.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+    );
+    let mut dedup = DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join("store"))
+        .env("OUTPUT_GUARANTEE", "exactly-once")
+        .env("TRANSACTION_MAX_MESSAGES", "300")
+        .env("DEDUP_WINDOW", "0")
+        .spawn(dir.path(), "eos");
+    dedup.wait_until("every offset committed in a transaction", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= events.len() as f64 - 0.5
+    });
+    let metrics = dedup.metrics().unwrap_or_default();
+    let log = dedup.log.clone();
+    assert!(dedup.terminate().success());
+    let failures: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("transaction commit failed"))
+        .map(str::to_string)
+        .collect();
+
+    let committed = sum_metric(&metrics, "dedup_transactions_total{result=\"committed\"}");
+    let transactions = sum_metric(&metrics, "dedup_transaction_events_count");
+    let at_most_300 = sum_metric(&metrics, "dedup_transaction_events_bucket{le=\"512.0\"}")
+        - sum_metric(&metrics, "dedup_transaction_events_bucket{le=\"256.0\"}");
+    assert!(
+        committed >= (events.len() / 300) as f64,
+        "{committed} transactions"
+    );
+    assert_eq!(transactions, committed);
+    assert!(
+        sum_metric(&metrics, "dedup_transaction_events_bucket{le=\"512.0\"}") == transactions,
+        "no transaction above 512 messages; {at_most_300} between 257 and 512"
+    );
+    let uniques = unique_keys(&events).len();
+    assert_eq!(
+        sum_metric(&metrics, "dedup_published_total"),
+        uniques as f64
+    );
+    let published = kafka.read_all(&output, PARTITIONS, uniques, Duration::from_secs(2));
+    let republished = verify_no_loss(&events, &published);
+    assert_eq!(
+        republished,
+        0,
+        "an event was published twice; failed commits:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// `kill -9` at random moments, then a handover between two processes, in exactly-once
+/// mode. No unique event is lost and no later copy is published; against a real broker
+/// a `read_committed` reader also sees no original twice.
+#[test]
+fn exactly_once_survives_crashes_and_a_handover() {
+    let Some(s3) = test_s3() else { return };
+    assert!(s3.create_bucket());
+    let cycles: u64 = std::env::var("DEDUP_RELIABILITY_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", PARTITIONS);
+    let output = kafka.topic("out", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let pod = |name: &str| {
+        DedupSpec::checkpointing_pod(&kafka, &input, &output, dir.path(), name, &s3)
+            .env("OUTPUT_GUARANTEE", "exactly-once")
+            .env("TRANSACTION_TIMEOUT", "10s")
+    };
+    let events = generate(2_500 * (cycles as usize + 2), 25, PARTITIONS, 97, "x2");
+    let producer = {
+        let (bootstrap, input) = (kafka.bootstrap.clone(), input.clone());
+        let messages: Vec<Produced> = events.iter().map(GenEvent::produced).collect();
+        let chunk = (messages.len() / (cycles as usize * 10 + 10)).max(1);
+        std::thread::spawn(move || {
+            for part in messages.chunks(chunk) {
+                produce_to(&bootstrap, &input, part);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+
+    let mut rng = 0x0007_A5E1_1CE5_u64;
+    for cycle in 0..cycles {
+        let mut dedup = pod("dedup-0").spawn(dir.path(), &format!("crash-{cycle}"));
+        dedup.wait_until("joined", WAIT, |d| {
+            d.metric("dedup_assigned_partitions") >= 1.0
+        });
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(800 + rng % 2_500));
+        dedup.kill9();
+    }
+    // A handover: dedup-1 joins while dedup-0 runs, then dedup-0 leaves.
+    let mut first = pod("dedup-0").spawn(dir.path(), "handover-0");
+    first.wait_until("joined", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") >= 1.0
+    });
+    let mut second = pod("dedup-1").spawn(dir.path(), "handover-1");
+    second.wait_until("took partitions", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") >= 1.0
+    });
+    producer.join().expect("producer");
+    assert!(first.terminate().success());
+    second.wait_until("every partition", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") >= PARTITIONS as f64
+    });
+    // Read while it runs: done once every unique event is there and nothing new comes.
+    let uniques = unique_keys(&events).len();
+    let published = kafka.read_all(&output, PARTITIONS, uniques, Duration::from_secs(5));
+    assert!(second.terminate().success());
+
+    let check = check_output(&events, &published);
+    eprintln!(
+        "exactly-once crash loop: {} events sent, {} unique in truth, {} unique in output, {} published twice, {} crashes, 1 handover ({})",
+        events.len(),
+        check.unique_in_truth,
+        check.unique_in_output,
+        check.republished,
+        cycles,
+        if kafka.is_real_broker() { "real broker" } else { "mock cluster: transactional offsets are not stored and aborted records stay visible there" },
+    );
+    assert_eq!(
+        check.unique_in_output, check.unique_in_truth,
+        "unique events lost"
+    );
+    if kafka.is_real_broker() {
+        assert_eq!(
+            check.republished, 0,
+            "a read_committed reader saw an event twice"
+        );
+    }
+}
