@@ -39,7 +39,7 @@ fn main() {
     let duplicate_percent = env_number("DEDUP_BENCH_DUPLICATES", 20);
     let mock = MockCluster::new(1).expect("mock cluster");
     let bootstrap = mock.bootstrap_servers();
-    for topic in ["in", "out", "raw_out"] {
+    for topic in ["in", "out", "raw_out", "eos_out"] {
         mock.create_topic(topic, PARTITIONS, 1).expect("topic");
     }
 
@@ -62,7 +62,15 @@ fn main() {
     producer.flush(Duration::from_secs(60)).expect("flush");
 
     let baseline = raw_consume_produce(&bootstrap, events);
-    let (dedup_elapsed, dedup_consuming, published) = run_deduplicator(&bootstrap, events, uniques);
+    let (dedup_elapsed, dedup_consuming, published) =
+        run_deduplicator(&bootstrap, events, uniques, "out", &[]);
+    let (eos_elapsed, eos_consuming, eos_published) = run_deduplicator(
+        &bootstrap,
+        events,
+        uniques,
+        "eos_out",
+        &[("OUTPUT_GUARANTEE", "exactly-once")],
+    );
 
     let rate = |elapsed: Duration| events as f64 / elapsed.as_secs_f64();
     println!("| measure | events | unique | seconds | events/s |");
@@ -83,9 +91,21 @@ fn main() {
         rate(dedup_consuming)
     );
     println!(
+        "| deduplicator, exactly-once (transactions, defaults), from its first consumed message | {events} | {eos_published} | {:.2} | {:.0} |",
+        eos_consuming.as_secs_f64(),
+        rate(eos_consuming)
+    );
+    println!(
         "\nratio deduplicator / raw: {:.2}× including start-up and group join, {:.2}× from the first message",
         rate(dedup_elapsed) / rate(baseline),
         rate(dedup_consuming) / rate(baseline)
+    );
+    println!(
+        "ratio exactly-once / at-least-once: {:.2}× from the first message ({:.2}× including start-up: {:.2} s vs {:.2} s)",
+        rate(eos_consuming) / rate(dedup_consuming),
+        rate(eos_elapsed) / rate(dedup_elapsed),
+        eos_elapsed.as_secs_f64(),
+        dedup_elapsed.as_secs_f64()
     );
 
     let seconds = env_number("DEDUP_BENCH_MEMORY_SECONDS", 30);
@@ -136,7 +156,7 @@ fn memory_at_steady_state(
         mock.create_topic(topic, MEMORY_PARTITIONS, 1)
             .expect("topic");
     }
-    let (mut child, store, http) = spawn_deduplicator(bootstrap, "mem_in", "mem_out", "mem");
+    let (mut child, store, http) = spawn_deduplicator(bootstrap, "mem_in", "mem_out", "mem", &[]);
     let pid = child.id();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let feeder = {
@@ -304,9 +324,15 @@ fn raw_consume_produce(bootstrap: &str, events: usize) -> Duration {
 
 /// Time from start-up to every event consumed, published and committed, time from the
 /// first consumed message to the same point, and events published.
-fn run_deduplicator(bootstrap: &str, events: usize, uniques: usize) -> (Duration, Duration, u64) {
+fn run_deduplicator(
+    bootstrap: &str,
+    events: usize,
+    uniques: usize,
+    output: &str,
+    extra: &[(&str, &str)],
+) -> (Duration, Duration, u64) {
     let started = Instant::now();
-    let (mut child, store, http) = spawn_deduplicator(bootstrap, "in", "out", "throughput");
+    let (mut child, store, http) = spawn_deduplicator(bootstrap, "in", output, output, extra);
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first_message = None;
     let published = loop {
@@ -340,6 +366,7 @@ fn spawn_deduplicator(
     input: &str,
     output: &str,
     tag: &str,
+    extra: &[(&str, &str)],
 ) -> (std::process::Child, std::path::PathBuf, SocketAddr) {
     let store = std::env::temp_dir().join(format!("dedup-bench-{tag}-{}", std::process::id()));
     let http = {
@@ -347,6 +374,7 @@ fn spawn_deduplicator(
         listener.local_addr().expect("addr")
     };
     let child = Command::new(env!("CARGO_BIN_EXE_deduplicator"))
+        .envs(extra.iter().copied())
         .env("KAFKA_HOSTS", bootstrap)
         .env("KAFKA_CONSUMER_TOPIC", input)
         .env("OUTPUT_TOPIC", output)

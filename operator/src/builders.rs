@@ -130,6 +130,9 @@ pub fn config_data(cluster: &DedupCluster) -> BTreeMap<String, String> {
     if let Some(max) = spec.dedup.max_in_flight_messages {
         set(env::MAX_IN_FLIGHT_MESSAGES, max.to_string());
     }
+    if let Some(guarantee) = &spec.dedup.output_guarantee {
+        set(env::OUTPUT_GUARANTEE, guarantee.clone());
+    }
     set(env::STORE_PATH, format!("{DATA_DIR}/store"));
     set(env::LOCAL_CHECKPOINT_DIR, format!("{DATA_DIR}/checkpoints"));
     set(env::HTTP_BIND, format!("0.0.0.0:{HTTP_PORT}"));

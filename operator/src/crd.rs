@@ -145,6 +145,15 @@ pub struct DedupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_in_flight_messages: Option<i32>,
+
+    /// `at-least-once` (default) or `exactly-once`: output and consumed offsets commit
+    /// in one Kafka transaction per partition, so `read_committed` readers of the output
+    /// see each unique event once across crashes and rebalances. Needs
+    /// `kafka.outputTopic` and brokers with transactions; costs latency (output is
+    /// visible at each commit, every 100 ms by default) and throughput.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^(at-least-once|exactly-once)$"))]
+    pub output_guarantee: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -319,6 +328,21 @@ impl DedupClusterSpec {
                 if !valid_topic(topic) {
                     return invalid(field, format!("`{topic}` is not a Kafka topic name ([a-zA-Z0-9._-], 1 to 249 characters)"));
                 }
+            }
+        }
+        match self.dedup.output_guarantee.as_deref() {
+            None | Some("at-least-once") => {}
+            Some("exactly-once") if self.kafka.output_topic.is_none() => return invalid(
+                "dedup.outputGuarantee",
+                "exactly-once needs kafka.outputTopic: the output is what the transactions commit"
+                    .into(),
+            ),
+            Some("exactly-once") => {}
+            Some(other) => {
+                return invalid(
+                    "dedup.outputGuarantee",
+                    format!("`{other}` is not at-least-once or exactly-once"),
+                )
             }
         }
         if Some(&self.kafka.input_topic) == self.kafka.output_topic.as_ref() {

@@ -65,6 +65,7 @@ fn full_spec_reaches_every_object() {
     assert_eq!(data[env::DEDUP_WINDOW], "48h");
     assert_eq!(data[env::MAX_STORE_CAPACITY], "20GiB");
     assert_eq!(data[env::MAX_IN_FLIGHT_MESSAGES], "5000");
+    assert_eq!(data[env::OUTPUT_GUARANTEE], "exactly-once");
     assert_eq!(data[env::CHECKPOINT_INTERVAL], "120s");
     assert_eq!(data[env::FULL_UPLOAD_INTERVAL], "5");
     assert_eq!(data[env::MAX_LOCAL_CHECKPOINTS], "3");
@@ -236,6 +237,14 @@ fn invalid_specs_name_the_field() {
         (
             serde_json::json!({"dedup": {"maxStoreCapacity": "lots"}}),
             "spec.dedup.maxStoreCapacity",
+        ),
+        (
+            serde_json::json!({"dedup": {"outputGuarantee": "twice"}}),
+            "spec.dedup.outputGuarantee",
+        ),
+        (
+            serde_json::json!({"kafka": {"bootstrapServers": "k:9092", "inputTopic": "a", "outputTopic": null}, "dedup": {"outputGuarantee": "exactly-once"}}),
+            "spec.dedup.outputGuarantee",
         ),
         (
             serde_json::json!({"storage": {"size": "big"}}),
