@@ -56,6 +56,10 @@ fn each_bad_setting_is_named_with_its_accepted_form() {
         ("CHECKPOINT_TRANSFER_CONCURRENCY", "0", "1..=256"),
         ("RESTORE_TIMEOUT", "later", "with a unit"),
         ("RESTORE_MAX_ATTEMPTS", "0", "1.."),
+        ("OUTPUT_GUARANTEE", "once", "at-least-once, exactly-once"),
+        ("TRANSACTION_MAX_MESSAGES", "0", "1.."),
+        ("TRANSACTION_MAX_DURATION", "fast", "with a unit"),
+        ("TRANSACTION_TIMEOUT", "1 minute", "with a unit"),
     ];
     for (variable, value, form) in cases {
         let (code, stderr) = run_with(&[(variable, value)]);
@@ -69,6 +73,27 @@ fn each_bad_setting_is_named_with_its_accepted_form() {
             "{variable}={value} form not stated: {stderr}"
         );
     }
+}
+
+#[test]
+fn settings_that_do_not_go_together_are_named() {
+    // Exactly-once without an output topic: nothing for the transactions to commit.
+    let (code, stderr) = run_with(&[("OUTPUT_GUARANTEE", "exactly-once")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("OUTPUT_GUARANTEE") && stderr.contains("OUTPUT_TOPIC"),
+        "{stderr}"
+    );
+    let (code, stderr) = run_with(&[
+        ("OUTPUT_GUARANTEE", "exactly-once"),
+        ("OUTPUT_TOPIC", "out"),
+        ("TRANSACTION_MAX_DURATION", "90s"),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("TRANSACTION_MAX_DURATION") && stderr.contains("TRANSACTION_TIMEOUT"),
+        "{stderr}"
+    );
 }
 
 #[test]
