@@ -122,6 +122,12 @@ pub struct Config {
     #[arg(long, env = env::KAFKA_SASL_PASSWORD, hide_env_values = true)]
     pub kafka_sasl_password: Option<String>,
 
+    /// At-least-once: how often the offsets of final messages are committed. A crash
+    /// republishes at most the originals consumed within this interval plus those in
+    /// flight (MAX_IN_FLIGHT_MESSAGES); shorter means more commit requests.
+    #[arg(long, env = env::COMMIT_INTERVAL, default_value = "1s", value_parser = parse_duration)]
+    pub commit_interval: Duration,
+
     /// Longest wait, on revocation, for a partition's in-flight messages to finish.
     #[arg(long, env = env::REBALANCE_DRAIN_TIMEOUT, default_value = "20s", value_parser = parse_duration)]
     pub rebalance_drain_timeout: Duration,
@@ -273,6 +279,12 @@ impl Config {
 
     /// Settings that are valid one by one but not together.
     pub fn validate(&self) -> Result<(), String> {
+        if self.commit_interval.is_zero() {
+            return Err(format!(
+                "{} must be above 0 (e.g. 1s, 200ms)",
+                env::COMMIT_INTERVAL
+            ));
+        }
         if self.exactly_once() && self.output_topic.is_none() {
             return Err(format!(
                 "{}=exactly-once needs {}: the output is what the transactions commit",

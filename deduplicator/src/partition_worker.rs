@@ -292,7 +292,12 @@ impl PartitionWorker {
                 }
             }
         }
-        if let Some(transactions) = self.transactions.as_mut() {
+        // Catch-up messages lie below the committed offset: committing their offsets
+        // would move it back, and a crash would then publish them again.
+        let past_catch_up = self
+            .catch_up_until
+            .is_none_or(|until| last_offset + 1 > until);
+        if let Some(transactions) = self.transactions.as_mut().filter(|_| past_catch_up) {
             transactions.consumed(last_offset + 1, consumed);
         }
     }

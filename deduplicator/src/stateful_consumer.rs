@@ -71,7 +71,10 @@ impl StatefulKafkaConsumer {
             // librdkafka commits what was stored.
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", "1000")
+            .set(
+                "auto.commit.interval.ms",
+                config.commit_interval.as_millis().max(1).to_string(),
+            )
             // Never read what an upstream transaction may still abort.
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")

@@ -60,6 +60,8 @@ fn each_bad_setting_is_named_with_its_accepted_form() {
         ("TRANSACTION_MAX_MESSAGES", "0", "1.."),
         ("TRANSACTION_MAX_DURATION", "fast", "with a unit"),
         ("TRANSACTION_TIMEOUT", "1 minute", "with a unit"),
+        ("COMMIT_INTERVAL", "often", "with a unit"),
+        ("COMMIT_INTERVAL", "0", "above 0"),
     ];
     for (variable, value, form) in cases {
         let (code, stderr) = run_with(&[(variable, value)]);
