@@ -273,9 +273,7 @@ impl TransactionalPublisher {
                 }
             }
             if give_up_at.is_some_and(|at| Instant::now() >= at) {
-                let _ = self.abort_and_republish().await;
-                self.open = None;
-                crate::metrics::Metrics::count(&self.metrics.transactions, "aborted");
+                self.abort().await;
                 return Err(TransactionError::Deadline(error));
             }
             tokio::time::sleep(backoff(failures.min(6))).await;
@@ -284,7 +282,7 @@ impl TransactionalPublisher {
 
     /// Aborts the open transaction (nothing of it is published or committed) and drops
     /// it; for a partition given up whose transaction cannot commit.
-    pub async fn abort(&mut self) {
+    async fn abort(&mut self) {
         if self.open.take().is_some() {
             let producer = Arc::clone(&self.producer);
             let timeout = self.call_timeout;
