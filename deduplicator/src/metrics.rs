@@ -209,7 +209,7 @@ impl Metrics {
         );
         r.register(
             "rebalances",
-            "Rebalance events, by kind (assign, revoke, error)",
+            "Rebalance events, by kind (assign, revoke, lost: revoked because the group moved on without this member, error)",
             metrics.rebalances.clone(),
         );
         r.register(

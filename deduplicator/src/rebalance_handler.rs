@@ -106,7 +106,14 @@ impl ConsumerContext for DedupContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 handler.count("revoke");
-                let partitions = tpl.elements().iter().map(|e| e.partition()).collect();
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                if consumer.assignment_lost() {
+                    // The group moved on without this member (a missed session, a
+                    // generation it never joined): a commit would be refused, and the
+                    // partitions' new owners start at the last commit that got through.
+                    handler.count("lost");
+                    tracing::warn!(?partitions, "partitions lost: the group reassigned them without this member; their new owners will see redeliveries");
+                }
                 handler.revoke(consumer, partitions);
                 handler.publish_owned();
                 if cooperative {

@@ -460,12 +460,14 @@ fn a_rebalance_storm_loses_nothing_and_never_shares_a_partition() {
             "committing revoked partitions failed",
             "replaying the gap in catch-up mode",
             "cannot move to the store's offset",
+            "partitions lost",
         ] {
             *signals.entry(signal).or_default() += text.matches(signal).count();
         }
         for line in text.lines().filter(|l| {
             l.contains("committing revoked partitions failed")
                 || l.contains("could not read committed offsets")
+                || l.contains("partitions lost")
         }) {
             eprintln!("storm signal: {}", strip_ansi(line));
         }
