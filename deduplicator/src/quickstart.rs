@@ -77,6 +77,11 @@ pub struct Args {
     /// removed at the end).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+
+    /// The deduplicator's OUTPUT_GUARANTEE: at-least-once, or exactly-once (output and
+    /// offsets in one transaction per partition; the verifier reads `read_committed`).
+    #[arg(long, default_value = "at-least-once")]
+    pub output_guarantee: crate::config::OutputGuarantee,
 }
 
 /// The counts the run is judged by.
@@ -152,6 +157,12 @@ pub async fn run(args: Args) -> Result<Report, String> {
             work.join("checkpoints").display()
         ),
         "--checkpoint-interval=3s".into(),
+        format!(
+            "--output-guarantee={}",
+            clap::ValueEnum::to_possible_value(&args.output_guarantee)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default()
+        ),
         "--pod-name=quickstart-0".into(),
         "--http-bind=127.0.0.1:0".into(),
     ];
@@ -344,6 +355,24 @@ pub async fn run(args: Args) -> Result<Report, String> {
         args.partitions.to_string(),
         checkpoints.to_string(),
     ));
+    if args.output_guarantee == crate::config::OutputGuarantee::ExactlyOnce {
+        let transactions = |result| {
+            metrics
+                .transactions
+                .get_or_create(&crate::metrics::ResultLabels { result })
+                .get()
+                .to_string()
+        };
+        lines.push((
+            "transactions committed / aborted".into(),
+            "—".into(),
+            format!(
+                "{} / {}",
+                transactions("committed"),
+                transactions("aborted")
+            ),
+        ));
+    }
     lines.push(("newest checkpoint".into(), "—".into(), checkpoint_id));
     lines.push((
         "checkpoint size (all partitions)".into(),
@@ -574,6 +603,7 @@ fn verify(
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("quickstart-verifier-{output}"))
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()
     {
         Ok(consumer) => consumer,

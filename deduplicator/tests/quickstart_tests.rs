@@ -52,6 +52,45 @@ fn the_quick_start_runs_the_pipeline_and_checks_every_count() {
     );
 }
 
+/// The same with `--output-guarantee exactly-once`: every count still matches, and the
+/// output went through transactions.
+#[test]
+fn the_quick_start_runs_in_exactly_once_mode() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quickstart"));
+    command.args([
+        "--events",
+        "10000",
+        "--partitions",
+        "4",
+        "--output-guarantee",
+        "exactly-once",
+    ]);
+    if let Ok(bootstrap) = std::env::var("KAFKA_TEST_BOOTSTRAP_SERVERS") {
+        if !bootstrap.is_empty() {
+            command.args(["--kafka-hosts", &bootstrap]);
+        }
+    }
+    let output = command.output().expect("run quickstart");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("OK: every unique event published once"),
+        "{stdout}"
+    );
+    let committed: u64 = stdout
+        .lines()
+        .find(|l| l.starts_with("| transactions committed / aborted |"))
+        .and_then(|l| l.split('|').nth(3))
+        .and_then(|cell| cell.split('/').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no transactions row in\n{stdout}"));
+    assert!(
+        committed >= 4,
+        "one transaction per partition at least: {stdout}"
+    );
+}
+
 #[test]
 fn bad_quick_start_flags_are_named() {
     let output = Command::new(env!("CARGO_BIN_EXE_quickstart"))
