@@ -221,12 +221,7 @@ async fn read_committed(
         };
         match read {
             Some(Ok(list)) => {
-                let offset = list
-                    .find_partition(topic, partition)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
+                let offset = offset_in(&list, topic, partition);
                 tracing::info!(
                     partition,
                     committed = ?offset,
@@ -327,6 +322,14 @@ fn report(
             ?after,
             "restore timed out (RESTORE_TIMEOUT); starting from the local or an empty store"
         ),
+    }
+}
+
+/// The offset a list (of committed offsets) gives a partition, if it gives one.
+pub fn offset_in(list: &TopicPartitionList, topic: &str, partition: i32) -> Option<i64> {
+    match list.find_partition(topic, partition)?.offset() {
+        Offset::Offset(offset) => Some(offset),
+        _ => None,
     }
 }
 

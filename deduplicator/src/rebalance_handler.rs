@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 
 use crate::message_tracker::PartitionTracker;
 use crate::metrics::{KindLabels, PartitionLabels};
-use crate::partition_restore::{plan_start, prepare_store, Committed, Prepared};
+use crate::partition_restore::{offset_in, plan_start, prepare_store, Committed, Prepared};
 use crate::partition_worker::{fenced, PartitionWorker, WorkerExit};
 use crate::pipeline::Pipeline;
 use crate::transactional_publisher::TransactionalPublisher;
@@ -279,46 +279,38 @@ impl RebalanceHandler {
             .collect();
         for partition in assigned {
             let committed_offset = match &committed {
-                Some(list) => {
-                    Committed::Known(list.find_partition(&topic, partition).and_then(|e| {
-                        match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        }
-                    }))
-                }
+                Some(list) => Committed::Known(offset_in(list, &topic, partition)),
                 None => Committed::Unknown,
             };
             let start = match committed_offset {
-                // Restore check (with a remote), or the committed offset read again, in
-                // the partition's task, off this callback.
-                Committed::Known(_) if self.pipeline.loader.is_some() => {
-                    Start::Prepare { generation }
-                }
-                Committed::Unknown => Start::Prepare { generation },
-                Committed::Known(known) => match self.open_store(&topic, partition) {
-                    Ok(store) => {
-                        let plan = plan_start(&store, partition, known);
-                        let mut catch_up_until = plan.catch_up_until;
-                        if let Some(start) = plan.start {
-                            if let Err(error) = tpl_set(tpl, &topic, partition, start) {
-                                tracing::warn!(partition, %error, "cannot set the start offset");
-                                catch_up_until = None;
+                Committed::Known(known) if self.pipeline.loader.is_none() => {
+                    match self.open_store(&topic, partition) {
+                        Ok(store) => {
+                            let plan = plan_start(&store, partition, known);
+                            let mut catch_up_until = plan.catch_up_until;
+                            if let Some(start) = plan.start {
+                                if let Err(error) = tpl_set(tpl, &topic, partition, start) {
+                                    tracing::warn!(partition, %error, "cannot set the start offset");
+                                    catch_up_until = None;
+                                }
+                            }
+                            Start::Ready {
+                                store: Box::new(store),
+                                catch_up_until,
                             }
                         }
-                        Start::Ready {
-                            store: Box::new(store),
-                            catch_up_until,
+                        Err(error) => {
+                            // Without a store the partition cannot be deduplicated: do not
+                            // consume it (nothing is committed, nothing lost); report unhealthy.
+                            self.pipeline.store_failed(partition, &error);
+                            tracing::error!(partition, %error, "cannot open the partition store; not consuming it");
+                            continue;
                         }
                     }
-                    Err(error) => {
-                        // Without a store the partition cannot be deduplicated: do not
-                        // consume it (nothing is committed, nothing lost); report unhealthy.
-                        self.pipeline.store_failed(partition, &error);
-                        tracing::error!(partition, %error, "cannot open the partition store; not consuming it");
-                        continue;
-                    }
-                },
+                }
+                // Restore check (with a remote), or the committed offset read again, in
+                // the partition's task, off this callback.
+                _ => Start::Prepare { generation },
             };
             let Some(queue) = stream_consumer.split_partition_queue(&topic, partition) else {
                 tracing::error!(

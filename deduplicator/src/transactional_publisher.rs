@@ -165,17 +165,13 @@ impl TransactionalPublisher {
     /// Publishes `message` to `target` in the open transaction (opening one if needed).
     /// A failure surfaces at the commit, which then aborts and publishes again.
     pub async fn publish(&mut self, message: OwnedMessage, target: Target) {
-        let topic = match target {
-            Target::Output => self.output_topic.as_str(),
-            Target::DeadLetter { .. } => match &self.dead_letter_topic {
-                Some(topic) => topic.as_str(),
-                None => self.output_topic.as_str(),
-            },
-        };
-        let topic = topic.to_string();
         // Begun before the first send: librdkafka refuses a send outside a transaction.
         self.open(message.offset());
-        let sent = send(&self.producer, &message, &topic, target).await;
+        let topic = match (target, &self.dead_letter_topic) {
+            (Target::DeadLetter { .. }, Some(topic)) => topic,
+            _ => &self.output_topic,
+        };
+        let sent = send(&self.producer, &message, topic, target).await;
         let open = self.open(message.offset());
         if let Err(error) = sent {
             open.failed.get_or_insert(error);
@@ -184,7 +180,8 @@ impl TransactionalPublisher {
     }
 
     /// Counts `count` messages consumed up to `next_offset` (exclusive) into the open
-    /// transaction, published or not (duplicates and catch-up commit their offsets too).
+    /// transaction, published or not (duplicates commit their offsets too). Never called
+    /// for catch-up alone: offsets below the committed one must not be committed.
     pub fn consumed(&mut self, next_offset: i64, count: usize) {
         let open = self.open(next_offset - 1);
         open.consumed += count;
@@ -249,27 +246,19 @@ impl TransactionalPublisher {
             failures += 1;
             let failure = classify(&error);
             tracing::warn!(partition = self.partition, %error, ?failure, failures, "transaction commit failed");
-            match failure {
+            let recovered = match failure {
                 Failure::Fenced => return Err(self.fenced(error)),
-                Failure::Retry => {}
-                Failure::Abort => {
-                    if let Err(abort_error) = self.abort_and_republish().await {
-                        if classify(&abort_error) == Failure::Fenced {
-                            return Err(self.fenced(abort_error));
-                        }
-                        if let Err(error) = self.recreate().await {
-                            if classify(&error) == Failure::Fenced {
-                                return Err(self.fenced(error));
-                            }
-                        }
-                    }
-                }
-                Failure::Fatal => {
-                    if let Err(error) = self.recreate().await {
-                        if classify(&error) == Failure::Fenced {
-                            return Err(self.fenced(error));
-                        }
-                    }
+                Failure::Retry => Ok(()),
+                // An abort that fails (other than by fencing) leaves a new producer.
+                Failure::Abort => match self.abort_and_republish().await {
+                    Err(e) if classify(&e) != Failure::Fenced => self.recreate().await,
+                    other => other,
+                },
+                Failure::Fatal => self.recreate().await,
+            };
+            if let Err(e) = recovered {
+                if classify(&e) == Failure::Fenced {
+                    return Err(self.fenced(e));
                 }
             }
             if give_up_at.is_some_and(|at| Instant::now() >= at) {
