@@ -127,7 +127,7 @@ struct OwnS3 {
 
 impl OwnS3 {
     fn start(s3: &TestS3) -> Self {
-        let child = Command::new("moto_server")
+        let mut child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &s3.addr.port().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -136,6 +136,9 @@ impl OwnS3 {
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect_timeout(&s3.addr, Duration::from_millis(200)).is_err() {
             assert!(Instant::now() < deadline, "moto_server did not start");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("moto_server exited with {status} (port {} taken?)", s3.addr);
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         Self { child }
@@ -155,7 +158,8 @@ fn consumption_continues_while_s3_is_unreachable_and_uploads_resume_after() {
     if test_s3().is_none() {
         return;
     }
-    let s3 = TestS3::at(free_port());
+    // Started late: a port no other listener can take meanwhile.
+    let s3 = TestS3::at(free_port_for_later());
     let kafka = TestKafka::start();
     let input = kafka.topic("in", PARTITIONS);
     let output = kafka.topic("out", PARTITIONS);
@@ -190,7 +194,16 @@ fn consumption_continues_while_s3_is_unreachable_and_uploads_resume_after() {
     );
 
     let server = OwnS3::start(&s3);
-    assert!(s3.create_bucket());
+    // Listening is not yet serving: retry the first request for a moment.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !s3.create_bucket() {
+        assert!(
+            Instant::now() < deadline,
+            "moto_server at {} does not create the bucket",
+            s3.addr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     dedup.wait_until("uploads succeed once S3 is back", WAIT, |d| {
         d.metric("dedup_checkpoint_uploads_total{result=\"success\"}") >= PARTITIONS as f64
     });

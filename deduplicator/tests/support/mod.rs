@@ -542,6 +542,23 @@ pub fn free_port() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
+/// A free port for a server started later (after other servers have started): chosen
+/// below the kernel's ephemeral range, so that no `bind(0)` in the meantime (the mock
+/// cluster's brokers, a process's HTTP port) can take it.
+pub fn free_port_for_later() -> SocketAddr {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.clamp(10_001, 32768));
+    let start = low + (std::process::id() as u16 % (high - low));
+    (start..high)
+        .chain(low..start)
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+        .find(|addr| TcpListener::bind(addr).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
 /// The S3 the checkpoint tests use: `moto_server` started by
 /// `scripts/start-test-services.sh`, at `DEDUP_TEST_S3_ENDPOINT` (default
 /// http://127.0.0.1:5000). Not reachable: the test fails, unless
