@@ -4,10 +4,30 @@
 
 use std::process::Command;
 
+/// Runs `quickstart` with `args` (against `KAFKA_TEST_BOOTSTRAP_SERVERS` when set),
+/// requires exit 0 and the all-counts-match line, and returns its table (stdout).
+fn run_quickstart(args: &[&str]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quickstart"));
+    command.args(args);
+    if let Ok(bootstrap) = std::env::var("KAFKA_TEST_BOOTSTRAP_SERVERS") {
+        if !bootstrap.is_empty() {
+            command.args(["--kafka-hosts", &bootstrap]);
+        }
+    }
+    let output = command.output().expect("run quickstart");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("OK: every unique event published once"),
+        "{stdout}"
+    );
+    stdout
+}
+
 #[test]
 fn the_quick_start_runs_the_pipeline_and_checks_every_count() {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_quickstart"));
-    command.args([
+    let stdout = run_quickstart(&[
         "--events",
         "30000",
         "--duplicate-percent",
@@ -17,19 +37,6 @@ fn the_quick_start_runs_the_pipeline_and_checks_every_count() {
         "--partitions",
         "4",
     ]);
-    if let Ok(bootstrap) = std::env::var("KAFKA_TEST_BOOTSTRAP_SERVERS") {
-        if !bootstrap.is_empty() {
-            command.args(["--kafka-hosts", &bootstrap]);
-        }
-    }
-    let output = command.output().expect("run quickstart");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("OK: every unique event published once"),
-        "{stdout}"
-    );
     let row = |name: &str| -> (u64, u64) {
         let line = stdout
             .lines()
@@ -56,8 +63,7 @@ fn the_quick_start_runs_the_pipeline_and_checks_every_count() {
 /// output went through transactions.
 #[test]
 fn the_quick_start_runs_in_exactly_once_mode() {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_quickstart"));
-    command.args([
+    let stdout = run_quickstart(&[
         "--events",
         "10000",
         "--partitions",
@@ -65,19 +71,6 @@ fn the_quick_start_runs_in_exactly_once_mode() {
         "--output-guarantee",
         "exactly-once",
     ]);
-    if let Ok(bootstrap) = std::env::var("KAFKA_TEST_BOOTSTRAP_SERVERS") {
-        if !bootstrap.is_empty() {
-            command.args(["--kafka-hosts", &bootstrap]);
-        }
-    }
-    let output = command.output().expect("run quickstart");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("OK: every unique event published once"),
-        "{stdout}"
-    );
     let committed: u64 = stdout
         .lines()
         .find(|l| l.starts_with("| transactions committed / aborted |"))

@@ -19,15 +19,12 @@ const IN_FLIGHT: usize = 200;
 /// producer streams events with known duplicates. Afterwards every unique event is in
 /// the output, and every extra copy is a redelivered original. Per crash at most the
 /// originals whose offsets had not reached Kafka are republished: the in-flight bound
-/// plus what was consumed within one auto-commit interval (1 s).
+/// plus what was consumed within one COMMIT_INTERVAL (1 s).
 #[test]
 fn a_crash_loop_loses_no_unique_event_and_republishes_only_originals() {
     let Some(s3) = test_s3() else { return };
     assert!(s3.create_bucket());
-    let cycles: u64 = std::env::var("DEDUP_RELIABILITY_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+    let cycles = env_number("DEDUP_RELIABILITY_CYCLES", 6);
     let kafka = TestKafka::start();
     let input = kafka.topic("in", PARTITIONS);
     let output = kafka.topic("out", PARTITIONS);
@@ -43,39 +40,18 @@ fn a_crash_loop_loses_no_unique_event_and_republishes_only_originals() {
     let events = generate(3_000 * cycles as usize, 25, PARTITIONS, 31, "c1");
 
     // The producer streams over about the whole crash loop.
-    let producer = {
-        let (bootstrap, input) = (kafka.bootstrap.clone(), input.clone());
-        let messages: Vec<Produced> = events.iter().map(GenEvent::produced).collect();
-        let chunk = (messages.len() / (cycles as usize * 10)).max(1);
-        std::thread::spawn(move || {
-            let started = std::time::Instant::now();
-            for part in messages.chunks(chunk) {
-                produce_to(&bootstrap, &input, part);
-                std::thread::sleep(Duration::from_millis(150));
-            }
-            started.elapsed()
-        })
-    };
-
-    let mut rng = 0x0005_DEEC_E66D_u64;
-    let mut crashes = 0;
-    for cycle in 0..cycles {
-        let mut dedup = spec.spawn(dir.path(), &format!("cycle-{cycle}"));
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let lifetime = Duration::from_millis(800 + rng % 2_500);
-        // Let it get somewhere first (a process killed before joining the group tests
-        // nothing), then kill it at a random moment.
-        dedup.wait_until("joined", WAIT, |d| {
-            d.metric("dedup_assigned_partitions") >= 1.0
-        });
-        std::thread::sleep(lifetime);
-        dedup.kill9();
-        crashes += 1;
-    }
+    let producer = stream_in_background(
+        &kafka.bootstrap,
+        &input,
+        &events,
+        cycles as usize * 10,
+        Duration::from_millis(150),
+    );
+    let crashes = crash_loop(cycles, 0x0005_DEEC_E66D, |cycle| {
+        spec.spawn(dir.path(), &format!("cycle-{cycle}"))
+    });
     let producing = producer.join().expect("producer");
-    // Events arriving within one auto-commit interval, at the producer's mean rate.
+    // Events arriving within one COMMIT_INTERVAL (1 s), at the producer's mean rate.
     let per_commit_interval = (events.len() as f64 / producing.as_secs_f64()).ceil() as usize;
     let bound = crashes * (IN_FLIGHT + per_commit_interval);
 
@@ -342,10 +318,7 @@ fn a_rebalance_storm_loses_nothing_and_never_shares_a_partition() {
     const PARTS: i32 = 6;
     let Some(s3) = test_s3() else { return };
     assert!(s3.create_bucket());
-    let seconds: u64 = std::env::var("DEDUP_STORM_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let seconds = env_number("DEDUP_STORM_SECONDS", 30);
     let kafka = TestKafka::start();
     let input = kafka.topic("in", PARTS);
     let output = kafka.topic("out", PARTS);
@@ -366,17 +339,13 @@ fn a_rebalance_storm_loses_nothing_and_never_shares_a_partition() {
         .env("DEDUP_WINDOW", "0")
     };
     let events = generate(1_000 * seconds as usize, 20, PARTS, 51, "s1");
-    let producer = {
-        let (bootstrap, input) = (kafka.bootstrap.clone(), input.clone());
-        let messages: Vec<Produced> = events.iter().map(GenEvent::produced).collect();
-        let chunk = (messages.len() / (seconds as usize * 5)).max(1);
-        std::thread::spawn(move || {
-            for part in messages.chunks(chunk) {
-                produce_to(&bootstrap, &input, part);
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-    };
+    let producer = stream_in_background(
+        &kafka.bootstrap,
+        &input,
+        &events,
+        seconds as usize * 5,
+        Duration::from_millis(200),
+    );
 
     let mut members: Vec<Option<Dedup>> = vec![None, None, None];
     let mut logs: Vec<(std::path::PathBuf, u32)> = Vec::new();
@@ -393,9 +362,7 @@ fn a_rebalance_storm_loses_nothing_and_never_shares_a_partition() {
     let mut rng = 0x0009_E377_9B97_u64;
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(seconds) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
+        next_random(&mut rng);
         std::thread::sleep(Duration::from_millis(2_000 + rng % 3_000));
         let slot = (rng % 3) as usize;
         let running = members.iter().filter(|m| m.is_some()).count();
@@ -623,12 +590,7 @@ fn an_unreadable_committed_offset_is_read_again_not_taken_as_none() {
 fn an_s3_outage_during_uploads_and_a_restore_stops_nothing() {
     let Some(s3) = test_s3() else { return };
     assert!(s3.create_bucket());
-    let outage_for = Duration::from_secs(
-        std::env::var("DEDUP_OUTAGE_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10),
-    );
+    let outage_for = Duration::from_secs(env_number("DEDUP_OUTAGE_SECONDS", 10));
     let outage = Outage::forward_to(s3.addr);
     let via = TestS3 {
         addr: outage.addr,

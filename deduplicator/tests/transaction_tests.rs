@@ -270,10 +270,7 @@ fn exactly_once_mode_publishes_each_unique_event_once() {
 fn exactly_once_survives_crashes_and_a_handover() {
     let Some(s3) = test_s3() else { return };
     assert!(s3.create_bucket());
-    let cycles: u64 = std::env::var("DEDUP_RELIABILITY_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let cycles = env_number("DEDUP_RELIABILITY_CYCLES", 4);
     let kafka = TestKafka::start();
     let input = kafka.topic("in", PARTITIONS);
     let output = kafka.topic("out", PARTITIONS);
@@ -284,30 +281,16 @@ fn exactly_once_survives_crashes_and_a_handover() {
             .env("TRANSACTION_TIMEOUT", "10s")
     };
     let events = generate(2_500 * (cycles as usize + 2), 25, PARTITIONS, 97, "x2");
-    let producer = {
-        let (bootstrap, input) = (kafka.bootstrap.clone(), input.clone());
-        let messages: Vec<Produced> = events.iter().map(GenEvent::produced).collect();
-        let chunk = (messages.len() / (cycles as usize * 10 + 10)).max(1);
-        std::thread::spawn(move || {
-            for part in messages.chunks(chunk) {
-                produce_to(&bootstrap, &input, part);
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        })
-    };
-
-    let mut rng = 0x0007_A5E1_1CE5_u64;
-    for cycle in 0..cycles {
-        let mut dedup = pod("dedup-0").spawn(dir.path(), &format!("crash-{cycle}"));
-        dedup.wait_until("joined", WAIT, |d| {
-            d.metric("dedup_assigned_partitions") >= 1.0
-        });
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(800 + rng % 2_500));
-        dedup.kill9();
-    }
+    let producer = stream_in_background(
+        &kafka.bootstrap,
+        &input,
+        &events,
+        cycles as usize * 10 + 10,
+        Duration::from_millis(150),
+    );
+    crash_loop(cycles, 0x0007_A5E1_1CE5, |cycle| {
+        pod("dedup-0").spawn(dir.path(), &format!("crash-{cycle}"))
+    });
     // A handover: dedup-1 joins while dedup-0 runs, then dedup-0 leaves.
     let mut first = pod("dedup-0").spawn(dir.path(), "handover-0");
     first.wait_until("joined", WAIT, |d| {

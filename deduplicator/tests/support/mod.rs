@@ -893,3 +893,59 @@ pub fn verify_no_loss(events: &[GenEvent], output: &[OwnedMessage]) -> usize {
     );
     check.republished
 }
+
+/// A number from the environment variable `var` (a long version of a test), else
+/// `default` (the CI version).
+pub fn env_number(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One xorshift step: pseudo-random but repeatable timings for fault tests.
+pub fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Produces `events` to `input` on a thread, in `chunks` parts `pause` apart, so that
+/// they stream in while the test does its damage. Joins to the time it took.
+pub fn stream_in_background(
+    bootstrap: &str,
+    input: &str,
+    events: &[GenEvent],
+    chunks: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<Duration> {
+    let (bootstrap, input) = (bootstrap.to_string(), input.to_string());
+    let messages: Vec<Produced> = events.iter().map(GenEvent::produced).collect();
+    let chunk = (messages.len() / chunks.max(1)).max(1);
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        for part in messages.chunks(chunk) {
+            produce_to(&bootstrap, &input, part);
+            std::thread::sleep(pause);
+        }
+        started.elapsed()
+    })
+}
+
+/// `cycles` times: a process from `spawn(cycle)`, let it join the group (a process
+/// killed before that tests nothing), then `kill -9` 0.8–3.3 s later, at a moment
+/// drawn from `seed`. Returns the crashes.
+pub fn crash_loop(cycles: u64, seed: u64, mut spawn: impl FnMut(u64) -> Dedup) -> usize {
+    let mut rng = seed;
+    for cycle in 0..cycles {
+        let mut dedup = spawn(cycle);
+        let lifetime = Duration::from_millis(800 + next_random(&mut rng) % 2_500);
+        dedup.wait_until("joined", Duration::from_secs(120), |d| {
+            d.metric("dedup_assigned_partitions") >= 1.0
+        });
+        std::thread::sleep(lifetime);
+        dedup.kill9();
+    }
+    cycles as usize
+}
