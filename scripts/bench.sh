@@ -8,18 +8,21 @@
 #
 # 1. store: check_and_insert vs db_bench fillrandom and an in-memory HashSet
 #    (scripts/bench-store.sh);
-# 2. end to end through the mock cluster vs raw librdkafka consume + produce, and peak
-#    RSS per partition at steady state (cargo bench -p deduplicator --bench pipeline);
+# 2. end to end on the real Kafka broker (scripts/start-test-services.sh starts it):
+#    1,000,000 events at 1 and at 8 partitions, the deduplicator (at-least-once and
+#    exactly-once) vs raw librdkafka consume + produce loops, CPU per million events and
+#    the broker's CPU; then RSS per partition at steady state
+#    (cargo bench -p deduplicator --bench pipeline);
 # 3. checkpoints: creation pause at ~100 MB and ~2 GB, incremental upload bytes, restore
 #    rate vs plain parallel GET from moto (scripts/bench-checkpoint.sh).
 #
-# Needs what scripts/install-deps.sh installs (rocksdb-tools for db_bench, moto). The
+# Needs what scripts/install-deps.sh installs (rocksdb-tools for db_bench, moto, Java). The
 # first release build (RocksDB, librdkafka, the AWS SDK) takes ~30 minutes more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${DEDUP_BENCH_TARGET_DIR:-/var/tmp/kafka-deduplicator-bench-target}"
 export DEDUP_BENCH_SIZES="${DEDUP_BENCH_SIZES:-1000000}"
-scripts/start-test-services.sh >/dev/null
+eval "$(scripts/start-test-services.sh)"
 
 echo "building (release) ..." >&2
 cargo build --release --locked -p deduplicator >&2
@@ -33,7 +36,7 @@ trap 'rm -f "$out"' EXIT
   echo
   scripts/bench-store.sh 2>/dev/null
   echo
-  echo "#### End to end through the mock cluster, and memory"
+  echo "#### End to end on the real broker, and memory"
   echo
   cargo bench --locked -p deduplicator --bench pipeline 2>/dev/null
   echo

@@ -9,6 +9,9 @@ packages=(
   libssl-dev     # librdkafka TLS
   zlib1g-dev     # librdkafka gzip
 )
+# The test Kafka broker (scripts/start-kafka.sh) runs on Java 17+, resolved by Maven.
+command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || packages+=(maven)
 # pip, only if this machine's python3 has none.
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 missing=()
@@ -25,11 +28,23 @@ echo "system packages: ok"
 
 # Python tools the tests run: kubernetes-validate (Kubernetes schemas) and moto's S3
 # server (scripts/start-test-services.sh starts it).
+# Each tool is checked on its own: a machine may ship one of them (moto, say) and not the
+# other, and `pip show A B` succeeds when any one of them is there.
 python_tools=(kubernetes-validate==1.37.0 "moto[server]==5.2.5")
-if ! python3 -m pip show kubernetes-validate moto flask >/dev/null 2>&1; then
+python_missing=()
+for spec in "${python_tools[@]}"; do
+  name=${spec%%[[=]*}
+  installed=$(python3 -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p' || true)
+  [ "$installed" = "${spec##*==}" ] || python_missing+=("$spec")
+done
+# moto's server needs flask (its [server] extra); an older moto may lack it.
+if ! python3 -c 'import flask, flask_cors' 2>/dev/null && [[ ! " ${python_missing[*]} " =~ " moto" ]]; then
+  python_missing+=("moto[server]==5.2.5")
+fi
+if [ ${#python_missing[@]} -gt 0 ]; then
   # --break-system-packages: Debian's own python3 is "externally managed"; these are
   # test tools with no Debian package.
-  python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${python_tools[@]}"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --break-system-packages "${python_missing[@]}"
 fi
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 echo "python tools: ok ($(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'))"

@@ -1,7 +1,7 @@
 //! Checkpoints through the real binary: partition state that follows its partition
 //! between processes with separate store directories (as two pods have), through S3
 //! (`moto_server`, see `support::test_s3`), and consumption that does not wait for an
-//! unreachable S3. Kafka is the mock cluster or `KAFKA_TEST_BOOTSTRAP_SERVERS`.
+//! unreachable S3. Kafka is the real broker of `KAFKA_TEST_BOOTSTRAP_SERVERS`.
 
 mod support;
 

@@ -1,5 +1,5 @@
-//! Kafka integration tests: the real `deduplicator` binary against librdkafka's mock
-//! cluster over real sockets (or a real broker: set `KAFKA_TEST_BOOTSTRAP_SERVERS`).
+//! Kafka integration tests: the real `deduplicator` binary against the real Apache Kafka
+//! broker of `KAFKA_TEST_BOOTSTRAP_SERVERS` (`scripts/start-test-services.sh`).
 //!
 //! Every wait is for a condition with a deadline, never a fixed sleep.
 

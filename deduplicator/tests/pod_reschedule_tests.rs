@@ -3,8 +3,8 @@
 //! `dedup-0` on an empty volume B and pulls the partitions `dedup-0` owned; the
 //! deduplicator starts on volume B and drops every replayed earlier event.
 //!
-//! Real processes: the `deduplicator` and `restorer` binaries, the mock Kafka cluster (or
-//! `KAFKA_TEST_BOOTSTRAP_SERVERS`) and `moto_server` (see `support::test_s3`). The
+//! Real processes: the `deduplicator` and `restorer` binaries, the real Kafka broker
+//! (`KAFKA_TEST_BOOTSTRAP_SERVERS`) and `moto_server` (see `support::test_s3`). The
 //! restorer binary is the workspace's (`cargo test` at the root builds it).
 
 mod support;

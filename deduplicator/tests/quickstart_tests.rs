@@ -1,18 +1,29 @@
 //! The README's main-job command, `quickstart`, run as a user runs it (smaller): the
-//! real pipeline on the embedded Kafka (or `KAFKA_TEST_BOOTSTRAP_SERVERS`), checked
-//! against the generated truth, exiting 0 only when every count matches.
+//! real pipeline checked against the generated truth, exiting 0 only when every count
+//! matches. Once on its embedded default (the mock cluster in process: the README's first
+//! command needs no Java and no broker), once against the real broker.
 
 use std::process::Command;
 
-/// Runs `quickstart` with `args` (against `KAFKA_TEST_BOOTSTRAP_SERVERS` when set),
-/// requires exit 0 and the all-counts-match line, and returns its table (stdout).
-fn run_quickstart(args: &[&str]) -> String {
+/// Where the quick start's Kafka is.
+enum Kafka {
+    /// Its embedded default.
+    Embedded,
+    /// The real test broker (`KAFKA_TEST_BOOTSTRAP_SERVERS`), through `--kafka-hosts`.
+    Real,
+}
+
+/// Runs `quickstart` with `args`, requires exit 0 and the all-counts-match line, and
+/// returns its table (stdout).
+fn run_quickstart(kafka: Kafka, args: &[&str]) -> String {
     let mut command = Command::new(env!("CARGO_BIN_EXE_quickstart"));
     command.args(args);
-    if let Ok(bootstrap) = std::env::var("KAFKA_TEST_BOOTSTRAP_SERVERS") {
-        if !bootstrap.is_empty() {
-            command.args(["--kafka-hosts", &bootstrap]);
-        }
+    if let Kafka::Real = kafka {
+        let bootstrap = std::env::var("KAFKA_TEST_BOOTSTRAP_SERVERS")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .expect("KAFKA_TEST_BOOTSTRAP_SERVERS names the test broker (scripts/start-test-services.sh)");
+        command.args(["--kafka-hosts", &bootstrap]);
     }
     let output = command.output().expect("run quickstart");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -27,16 +38,19 @@ fn run_quickstart(args: &[&str]) -> String {
 
 #[test]
 fn the_quick_start_runs_the_pipeline_and_checks_every_count() {
-    let stdout = run_quickstart(&[
-        "--events",
-        "30000",
-        "--duplicate-percent",
-        "30",
-        "--malformed-per-mille",
-        "20",
-        "--partitions",
-        "4",
-    ]);
+    let stdout = run_quickstart(
+        Kafka::Embedded,
+        &[
+            "--events",
+            "30000",
+            "--duplicate-percent",
+            "30",
+            "--malformed-per-mille",
+            "20",
+            "--partitions",
+            "4",
+        ],
+    );
     let row = |name: &str| -> (u64, u64) {
         let line = stdout
             .lines()
@@ -59,18 +73,21 @@ fn the_quick_start_runs_the_pipeline_and_checks_every_count() {
     );
 }
 
-/// The same with `--output-guarantee exactly-once`: every count still matches, and the
-/// output went through transactions.
+/// The same against the real broker with `--output-guarantee exactly-once`: every count
+/// still matches, and the output went through transactions.
 #[test]
-fn the_quick_start_runs_in_exactly_once_mode() {
-    let stdout = run_quickstart(&[
-        "--events",
-        "10000",
-        "--partitions",
-        "4",
-        "--output-guarantee",
-        "exactly-once",
-    ]);
+fn the_quick_start_runs_in_exactly_once_mode_on_a_real_broker() {
+    let stdout = run_quickstart(
+        Kafka::Real,
+        &[
+            "--events",
+            "10000",
+            "--partitions",
+            "4",
+            "--output-guarantee",
+            "exactly-once",
+        ],
+    );
     let committed: u64 = stdout
         .lines()
         .find(|l| l.starts_with("| transactions committed / aborted |"))

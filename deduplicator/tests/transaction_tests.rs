@@ -1,18 +1,10 @@
 //! Exactly-once output (`OUTPUT_GUARANTEE=exactly-once`).
 //!
-//! What librdkafka's mock cluster (2.12.1) does and does not do for transactions decides
-//! what these tests can prove on it:
-//! - it does: transactional producer ids, begin/commit/abort calls, error injection;
-//! - it does not: store offsets sent in a transaction (`TxnOffsetCommit` answers without
-//!   committing); fence a transactional id's earlier producer (each `InitProducerId`
-//!   of a new producer gets a new producer id instead of bumping the id's epoch); write
-//!   abort markers or hide aborted records from `read_committed` readers (its last
-//!   stable offset is the high watermark and it reports no aborted transactions).
-//!
-//! So on the mock, fencing is injected as the broker's `PRODUCER_FENCED` answer, and the
-//! process tests check "no unique event lost, never a later copy published"; "no
-//! original published twice" is asserted against a real broker
-//! (`KAFKA_TEST_BOOTSTRAP_SERVERS`) and printed on the mock.
+//! These run on the real Apache Kafka broker (`KAFKA_TEST_BOOTSTRAP_SERVERS`): only a real
+//! broker stores the offsets sent in a transaction, fences an earlier producer of a
+//! transactional id, writes abort markers and hides aborted records from `read_committed`
+//! readers. librdkafka's mock cluster does none of these, so under the mock tier
+//! (`DEDUP_TEST_KAFKA=mock`, local runs only) these tests say so and skip.
 
 mod support;
 
@@ -27,7 +19,6 @@ use deduplicator::Config;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, Timestamp, TopicPartitionList};
 use support::*;
 
@@ -94,12 +85,16 @@ fn committed_offset(consumer: &BaseConsumer, topic: &str) -> Option<i64> {
 }
 
 /// A transaction whose messages cannot all be written is aborted, and its messages are
-/// published again in a new transaction that commits; nothing is lost.
+/// published again in a new transaction that commits; nothing is lost, nothing is twice.
+/// The broker refuses the first writes for real: the output topic's `max.message.bytes`
+/// is below the batch, until the test raises it after the first abort.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_transaction_publishes_its_messages_again() {
-    let kafka = TestKafka::start();
+    let Some(kafka) = TestKafka::start_real() else {
+        return;
+    };
     let input = kafka.topic("txin", 1);
-    let output = kafka.topic("txout", 1);
+    let output = kafka.topic_with_config("txout", 1, &[("max.message.bytes", "1000")]);
     let config = exactly_once_config(&kafka, &input, &output);
     let metrics = Arc::new(Metrics::new(&mut Registry::default()));
     let consumer = group_consumer(&kafka, &config);
@@ -110,19 +105,24 @@ async fn an_aborted_transaction_publishes_its_messages_again() {
         transactions.transactional_id(),
         format!("group-{input}-{input}-0")
     );
-    if let Some(mock) = kafka.mock() {
-        // The first write of the transaction fails for good: the transaction must abort.
-        mock.request_errors(
-            RDKafkaApiKey::Produce,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
-        );
-    }
+    // Once a transaction has been aborted, the broker accepts the messages again.
+    let raise_limit = {
+        let metrics = Arc::clone(&metrics);
+        let bootstrap = kafka.bootstrap.clone();
+        let output = output.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count(&metrics, "aborted") == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            TestKafka::real(&bootstrap)
+                .alter_topic_config(&output, &[("max.message.bytes", "1000000")]);
+        })
+    };
+    let body = |offset: i64| format!("event {offset} {}", "x".repeat(1500));
     for offset in 0..3 {
         transactions
-            .publish(
-                message(&input, offset, &format!("event {offset}")),
-                Target::Output,
-            )
+            .publish(message(&input, offset, &body(offset)), Target::Output)
             .await;
     }
     transactions.consumed(3, 3);
@@ -130,27 +130,42 @@ async fn an_aborted_transaction_publishes_its_messages_again() {
         .commit(&consumer, Some(Instant::now() + Duration::from_secs(60)))
         .await
         .expect("committed after the abort");
+    raise_limit.join().expect("raise the limit");
 
+    assert!(
+        count(&metrics, "aborted") >= 1,
+        "the broker's refusal aborted a transaction"
+    );
     assert_eq!(count(&metrics, "committed"), 1);
-    if kafka.mock().is_some() {
-        assert!(
-            count(&metrics, "aborted") >= 1,
-            "the injected error aborted a transaction"
-        );
-    } else {
-        assert_eq!(committed_offset(&consumer, &input), Some(3));
-    }
+    assert_eq!(
+        committed_offset(&consumer, &input),
+        Some(3),
+        "the consumed offsets are stored by the transaction"
+    );
     assert_eq!(metrics.published.get(), 3);
-    let published = kafka.read_all(&output, 1, 3, Duration::from_secs(1));
-    assert_eq!(published.len(), 3, "each message once in the output");
+    let published = kafka.read_all(&output, 1, 3, Duration::from_secs(2));
+    let mut bodies: Vec<String> = published
+        .iter()
+        .map(|m| {
+            String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default()).into_owned()
+        })
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [body(0), body(1), body(2)],
+        "each message once in the output"
+    );
 }
 
 /// A second producer of the same partition (its new owner) fences the first: the old
 /// owner's commit fails as fenced, commits nothing, and the new owner's commit counts.
-/// (On the mock, which does not fence, the broker's fencing answer is injected.)
+/// The broker fences the old producer by itself when the new one initialises the id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_owner_of_the_partition_fences_the_old_one() {
-    let kafka = TestKafka::start();
+    let Some(kafka) = TestKafka::start_real() else {
+        return;
+    };
     let input = kafka.topic("txin", 1);
     let output = kafka.topic("txout", 1);
     let config = exactly_once_config(&kafka, &input, &output);
@@ -167,12 +182,6 @@ async fn a_new_owner_of_the_partition_fences_the_old_one() {
     let mut new = TransactionalPublisher::start(&config, 0, Arc::clone(&new_metrics))
         .await
         .expect("new owner");
-    if let Some(mock) = kafka.mock() {
-        mock.request_errors(
-            RDKafkaApiKey::EndTxn,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
-        );
-    }
     let fenced = old
         .commit(&consumer, Some(Instant::now() + Duration::from_secs(30)))
         .await;
@@ -191,7 +200,7 @@ async fn a_new_owner_of_the_partition_fences_the_old_one() {
         .await
         .expect("the new owner commits");
     assert_eq!(count(&new_metrics, "committed"), 1);
-    if kafka.is_real_broker() {
+    {
         let published = kafka.read_all(&output, 1, 1, Duration::from_secs(2));
         let bodies: Vec<_> = published
             .iter()
@@ -209,7 +218,9 @@ async fn a_new_owner_of_the_partition_fences_the_old_one() {
 /// duplicate, transactions bounded by `TRANSACTION_MAX_MESSAGES`.
 #[test]
 fn exactly_once_mode_publishes_each_unique_event_once() {
-    let kafka = TestKafka::start();
+    let Some(kafka) = TestKafka::start_real() else {
+        return;
+    };
     let input = kafka.topic("in", PARTITIONS);
     let output = kafka.topic("out", PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
@@ -271,7 +282,9 @@ fn exactly_once_survives_crashes_and_a_handover() {
     let Some(s3) = test_s3() else { return };
     assert!(s3.create_bucket());
     let cycles = env_number("DEDUP_RELIABILITY_CYCLES", 4);
-    let kafka = TestKafka::start();
+    let Some(kafka) = TestKafka::start_real() else {
+        return;
+    };
     let input = kafka.topic("in", PARTITIONS);
     let output = kafka.topic("out", PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
@@ -288,7 +301,7 @@ fn exactly_once_survives_crashes_and_a_handover() {
         cycles as usize * 10 + 10,
         Duration::from_millis(150),
     );
-    crash_loop(cycles, 0x0007_A5E1_1CE5, |cycle| {
+    crash_loop(cycles, 0x0007_A5E1_1CE5, Duration::from_secs(1), |cycle| {
         pod("dedup-0").spawn(dir.path(), &format!("crash-{cycle}"))
     });
     // A handover: dedup-1 joins while dedup-0 runs, then dedup-0 leaves.
@@ -312,22 +325,20 @@ fn exactly_once_survives_crashes_and_a_handover() {
 
     let check = check_output(&events, &published);
     eprintln!(
-        "exactly-once crash loop: {} events sent, {} unique in truth, {} unique in output, {} published twice, {} crashes, 1 handover ({})",
+        "exactly-once crash loop: {} events sent, {} unique in truth, {} unique in output, {} published twice, {} crashes, 1 handover (broker {})",
         events.len(),
         check.unique_in_truth,
         check.unique_in_output,
         check.republished,
         cycles,
-        if kafka.is_real_broker() { "real broker" } else { "mock cluster: transactional offsets are not stored and aborted records stay visible there" },
+        kafka.bootstrap,
     );
     assert_eq!(
         check.unique_in_output, check.unique_in_truth,
         "unique events lost"
     );
-    if kafka.is_real_broker() {
-        assert_eq!(
-            check.republished, 0,
-            "a read_committed reader saw an event twice"
-        );
-    }
+    assert_eq!(
+        check.republished, 0,
+        "a read_committed reader saw an event twice"
+    );
 }

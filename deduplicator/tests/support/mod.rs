@@ -1,9 +1,11 @@
 //! Test support: a Kafka to test against, an event generator, and the real
 //! `deduplicator` binary run as a process.
 //!
-//! Kafka is librdkafka's mock cluster (real sockets on 127.0.0.1, real consumer groups),
-//! or a real broker when `KAFKA_TEST_BOOTSTRAP_SERVERS` is set; every test runs unchanged
-//! against either. Topics are created per test with unique names.
+//! Kafka is a real Apache Kafka broker, named by `KAFKA_TEST_BOOTSTRAP_SERVERS`
+//! (`eval "$(scripts/start-test-services.sh)"` starts one and sets it). Without it a test
+//! fails, unless `DEDUP_TEST_KAFKA=mock` asks for librdkafka's mock cluster: a fast local
+//! tier that proves nothing the mock cannot show, refused in CI. Topics are created per
+//! test with unique names.
 
 #![allow(dead_code)]
 
@@ -13,9 +15,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
@@ -26,26 +31,74 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 /// The environment variable naming a real broker to run the Kafka tests against.
 pub const REAL_BROKER_VAR: &str = "KAFKA_TEST_BOOTSTRAP_SERVERS";
 
+/// Set to `mock` to run the Kafka tests on librdkafka's mock cluster (local runs only).
+pub const KAFKA_TIER_VAR: &str = "DEDUP_TEST_KAFKA";
+
 pub struct TestKafka {
     _mock: Option<MockCluster<'static, DefaultProducerContext>>,
     pub bootstrap: String,
 }
 
 impl TestKafka {
+    /// The Kafka the tests run against: the real broker of `KAFKA_TEST_BOOTSTRAP_SERVERS`,
+    /// or, when `DEDUP_TEST_KAFKA=mock` outside CI, the mock cluster.
     pub fn start() -> Self {
-        match std::env::var(REAL_BROKER_VAR) {
-            Ok(bootstrap) if !bootstrap.is_empty() => Self {
-                _mock: None,
-                bootstrap,
-            },
-            _ => {
-                let mock = MockCluster::new(1).expect("start the librdkafka mock cluster");
-                let bootstrap = mock.bootstrap_servers();
-                Self {
-                    _mock: Some(mock),
+        if let Ok(bootstrap) = std::env::var(REAL_BROKER_VAR) {
+            if !bootstrap.is_empty() {
+                return Self {
+                    _mock: None,
                     bootstrap,
-                }
+                };
             }
+        }
+        let mock_asked = std::env::var(KAFKA_TIER_VAR).is_ok_and(|v| v == "mock");
+        let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+        if !mock_asked || in_ci {
+            panic!(
+                "no Kafka broker: {REAL_BROKER_VAR} is not set. Start the test services with \
+                 `eval \"$(scripts/start-test-services.sh)\"` (a real Apache Kafka broker on \
+                 127.0.0.1){}",
+                if in_ci {
+                    "; CI runs every Kafka test on the real broker"
+                } else {
+                    ", or set DEDUP_TEST_KAFKA=mock for the mock-cluster tier (local runs only)"
+                }
+            );
+        }
+        Self::mock_cluster()
+    }
+
+    /// The real broker, for a test whose claim only a real broker can show (transactions,
+    /// fencing). Under the local mock tier it says so and returns `None` (the test skips);
+    /// everywhere else it is [`TestKafka::start`].
+    pub fn start_real() -> Option<Self> {
+        let kafka = Self::start();
+        if kafka.is_real_broker() {
+            Some(kafka)
+        } else {
+            eprintln!(
+                "skipped: this test needs a real broker ({REAL_BROKER_VAR}), not the mock tier"
+            );
+            None
+        }
+    }
+
+    /// The real broker at `bootstrap`.
+    pub fn real(bootstrap: &str) -> Self {
+        Self {
+            _mock: None,
+            bootstrap: bootstrap.to_string(),
+        }
+    }
+
+    /// librdkafka's mock cluster, whatever the environment says: for the few tests that
+    /// inject a broker's error answer, which a real broker cannot be made to give.
+    pub fn mock_cluster() -> Self {
+        let mock = MockCluster::new(1).expect("start the librdkafka mock cluster");
+        let bootstrap = mock.bootstrap_servers();
+        Self {
+            _mock: Some(mock),
+            bootstrap,
         }
     }
 
@@ -61,6 +114,16 @@ impl TestKafka {
 
     /// A new topic with a name unique to this test run.
     pub fn topic(&self, prefix: &str, partitions: i32) -> String {
+        self.topic_with_config(prefix, partitions, &[])
+    }
+
+    /// A new topic with a unique name and the given topic-level settings (real broker).
+    pub fn topic_with_config(
+        &self,
+        prefix: &str,
+        partitions: i32,
+        config: &[(&str, &str)],
+    ) -> String {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "{prefix}-{}-{}",
@@ -68,21 +131,20 @@ impl TestKafka {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
         match &self._mock {
-            Some(mock) => mock
-                .create_topic(&name, partitions, 1)
-                .expect("create topic on the mock cluster"),
+            Some(mock) => {
+                assert!(config.is_empty(), "topic settings need a real broker");
+                mock.create_topic(&name, partitions, 1)
+                    .expect("create topic on the mock cluster")
+            }
             None => {
-                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", &self.bootstrap)
-                    .create()
-                    .expect("admin client");
-                let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let results = rt
-                    .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+                let mut topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+                for (key, value) in config {
+                    topic = topic.set(key, value);
+                }
+                let results = self
+                    .admin(|admin| async move {
+                        admin.create_topics([&topic], &AdminOptions::new()).await
+                    })
                     .expect("create topic");
                 for result in results {
                     result.expect("create topic");
@@ -90,6 +152,75 @@ impl TestKafka {
             }
         }
         name
+    }
+
+    /// The sum over `partitions` partitions of `group`'s committed offsets of `topic`
+    /// (a partition without one counts 0).
+    pub fn committed_total(&self, group: &str, topic: &str, partitions: i32) -> i64 {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer for the committed offsets");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Changes topic-level settings of `topic` on the real broker.
+    pub fn alter_topic_config(&self, topic: &str, config: &[(&str, &str)]) {
+        let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+        for (key, value) in config {
+            alter = alter.set(key, value);
+        }
+        let results = self
+            .admin(|admin| async move { admin.alter_configs([&alter], &AdminOptions::new()).await })
+            .expect("alter topic settings");
+        for result in results {
+            result.expect("alter topic settings");
+        }
+    }
+
+    /// Runs one admin call on its own thread and runtime, so it works from synchronous
+    /// and asynchronous tests alike.
+    fn admin<T, F>(
+        &self,
+        call: impl FnOnce(Arc<AdminClient<DefaultClientContext>>) -> F + Send,
+    ) -> T
+    where
+        F: std::future::Future<Output = T>,
+        T: Send,
+    {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("admin client");
+        let admin = Arc::new(admin);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime for an admin call")
+                        .block_on(call(admin))
+                })
+                .join()
+                .expect("admin call")
+        })
     }
 
     pub fn produce(&self, topic: &str, messages: &[Produced]) {
@@ -933,19 +1064,78 @@ pub fn stream_in_background(
     })
 }
 
+/// What a crash loop did.
+pub struct CrashLoop {
+    pub crashes: usize,
+    /// Per crash: the most messages the killed process consumed within any one
+    /// `window` of its life (sampled every 100 ms): what one commit interval can hold.
+    pub consumed_per_window: Vec<u64>,
+}
+
+impl CrashLoop {
+    /// The republish bound: per crash, the in-flight bound plus what was consumed within
+    /// one commit interval.
+    pub fn bound(&self, in_flight: usize) -> usize {
+        self.consumed_per_window
+            .iter()
+            .map(|&consumed| in_flight + consumed as usize)
+            .sum()
+    }
+}
+
 /// `cycles` times: a process from `spawn(cycle)`, let it join the group (a process
 /// killed before that tests nothing), then `kill -9` 0.8–3.3 s later, at a moment
-/// drawn from `seed`. Returns the crashes.
-pub fn crash_loop(cycles: u64, seed: u64, mut spawn: impl FnMut(u64) -> Dedup) -> usize {
+/// drawn from `seed`. Meanwhile its consumption is sampled, so that the most it took
+/// within one `window` (a commit interval, plus the sampling step) is known.
+pub fn crash_loop(
+    cycles: u64,
+    seed: u64,
+    window: Duration,
+    mut spawn: impl FnMut(u64) -> Dedup,
+) -> CrashLoop {
+    const STEP: Duration = Duration::from_millis(100);
     let mut rng = seed;
+    let mut consumed_per_window = Vec::new();
     for cycle in 0..cycles {
         let mut dedup = spawn(cycle);
         let lifetime = Duration::from_millis(800 + next_random(&mut rng) % 2_500);
         dedup.wait_until("joined", Duration::from_secs(120), |d| {
             d.metric("dedup_assigned_partitions") >= 1.0
         });
-        std::thread::sleep(lifetime);
+        let killed_at = Instant::now() + lifetime;
+        let mut samples: Vec<(Instant, f64)> = Vec::new();
+        while Instant::now() < killed_at {
+            samples.push((Instant::now(), dedup.metric("dedup_messages_in_total")));
+            std::thread::sleep(STEP.min(killed_at.saturating_duration_since(Instant::now())));
+        }
         dedup.kill9();
+        // Consumed after the last sample counts too: the process's last window ends at
+        // the kill, which the last sample misses by at most one step.
+        let most = samples
+            .iter()
+            .map(|&(at, consumed)| {
+                let window_start = samples
+                    .iter()
+                    .find(|(t, _)| at.duration_since(*t) <= window + STEP)
+                    .map_or(0.0, |(_, c)| *c);
+                consumed - window_start
+            })
+            .fold(0.0f64, f64::max);
+        let newest = samples.last().map_or(0.0, |(_, c)| *c);
+        let before_newest = samples
+            .iter()
+            .rev()
+            .find(|(t, _)| {
+                samples
+                    .last()
+                    .is_some_and(|(last, _)| last.duration_since(*t) >= STEP)
+            })
+            .map_or(0.0, |(_, c)| *c);
+        // The unsampled tail before the kill, at the last step's rate.
+        consumed_per_window.push((most + (newest - before_newest).max(0.0)) as u64);
     }
-    cycles as usize
+    CrashLoop {
+        crashes: cycles as usize,
+        consumed_per_window,
+    }
 }
