@@ -58,6 +58,8 @@ pub mod env {
     pub const TRANSACTION_MAX_DURATION: &str = "TRANSACTION_MAX_DURATION";
     pub const TRANSACTION_TIMEOUT: &str = "TRANSACTION_TIMEOUT";
     pub const TRANSACTIONAL_ID_PREFIX: &str = "TRANSACTIONAL_ID_PREFIX";
+    pub const CATCH_UP_MAX_MESSAGES: &str = "CATCH_UP_MAX_MESSAGES";
+    pub const MAX_EVENT_TIME_SKEW: &str = "MAX_EVENT_TIME_SKEW";
 }
 
 /// Accepted forms of a duration, quoted in error messages.

@@ -60,6 +60,24 @@ pub fn stored_key(payload: Option<&[u8]>) -> Result<StoredKey, EventError> {
     Event::parse(payload).map(|event| event.key().stored())
 }
 
+/// Refuses a key whose event time is more than `max_skew` ahead of `now_ms` (`max_skew`
+/// zero: no bound). Such a key would never leave the window, and under a capacity bound
+/// it would outlive every legitimate key: eviction takes the oldest timestamps first.
+pub fn within_skew(
+    key: StoredKey,
+    now_ms: i64,
+    max_skew: std::time::Duration,
+) -> Result<StoredKey, EventError> {
+    let bound = now_ms.saturating_add(max_skew.as_millis().min(i64::MAX as u128) as i64);
+    if !max_skew.is_zero() && key.timestamp_ms() > bound {
+        return Err(EventError::TimestampInFuture {
+            timestamp_ms: key.timestamp_ms(),
+            now_ms,
+        });
+    }
+    Ok(key)
+}
+
 /// Why a message value has no deduplication key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
@@ -81,11 +99,13 @@ pub enum EventError {
     },
     #[error("field `timestamp` value {value} is not usable: {reason}")]
     BadTimestamp { value: String, reason: &'static str },
+    #[error("field `timestamp` is {timestamp_ms} ms, more than MAX_EVENT_TIME_SKEW ahead of now ({now_ms} ms): a clock far off, or a unit mistaken (microseconds read as milliseconds)")]
+    TimestampInFuture { timestamp_ms: i64, now_ms: i64 },
 }
 
 impl EventError {
     /// Every value [`EventError::kind`] returns.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 8] = [
         "empty",
         "not_json",
         "not_object",
@@ -93,6 +113,7 @@ impl EventError {
         "duplicate_field",
         "wrong_type",
         "bad_timestamp",
+        "timestamp_in_future",
     ];
 
     /// A short, stable label for metrics (`reason` label of the malformed counter).
@@ -105,6 +126,7 @@ impl EventError {
             Self::DuplicateField { .. } => "duplicate_field",
             Self::WrongType { .. } => "wrong_type",
             Self::BadTimestamp { .. } => "bad_timestamp",
+            Self::TimestampInFuture { .. } => "timestamp_in_future",
         }
     }
 }
@@ -512,6 +534,29 @@ mod tests {
             "error message is not bounded: {}",
             err.len()
         );
+    }
+
+    #[test]
+    fn a_timestamp_beyond_the_skew_bound_is_refused_and_its_kind_is_known() {
+        let now = 1_800_000_000_000;
+        let hour = std::time::Duration::from_secs(3_600);
+        let key = |ts: i64| {
+            stored_key(Some(
+                format!(r#"{{"distinct_id":"d","token":"t","event":"e","timestamp":{ts}}}"#)
+                    .as_bytes(),
+            ))
+            .unwrap()
+        };
+        assert!(within_skew(key(now + 3_600_000), now, hour).is_ok());
+        // Microseconds read as milliseconds: far in the future.
+        let error = within_skew(key(now * 1_000), now, hour).unwrap_err();
+        assert_eq!(error.kind(), "timestamp_in_future");
+        assert!(EventError::KINDS.contains(&error.kind()));
+        assert!(error.to_string().contains("MAX_EVENT_TIME_SKEW"), "{error}");
+        // Old events are not refused here (the window decides what they mean).
+        assert!(within_skew(key(0), now, hour).is_ok());
+        // No bound.
+        assert!(within_skew(key(now * 1_000), now, std::time::Duration::ZERO).is_ok());
     }
 
     #[test]

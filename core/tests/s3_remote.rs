@@ -178,11 +178,34 @@ async fn checkpoints_round_trip_through_s3_with_incremental_uploads_fallback_and
         other => panic!("{other:?}"),
     }
 
-    // GC keeps the newest manifest and exactly what it references.
+    // GC keeps the newest readable manifest; the damaged one, newer, may reference
+    // anything (a newer format, say), so no file is deleted while it is there.
+    let files_before = s3.list(&format!("{PREFIX}/events/2/files/")).await.unwrap();
     let gc = transfer::collect_garbage(&s3, PREFIX, "events", 2, 1)
         .await
         .unwrap();
-    assert_eq!(gc.manifests_deleted, 1);
+    assert_eq!(
+        (
+            gc.manifests_deleted,
+            gc.unreadable_manifests,
+            gc.files_deleted
+        ),
+        (0, 1, 0)
+    );
+    assert_eq!(
+        s3.list(&format!("{PREFIX}/events/2/files/")).await.unwrap(),
+        files_before
+    );
+    // Without it, GC keeps exactly what the newest manifest references.
+    let damaged = transfer::list_manifest_keys(&s3, PREFIX, "events", 2)
+        .await
+        .unwrap()
+        .remove(0);
+    s3.delete(&damaged).await.unwrap();
+    let gc = transfer::collect_garbage(&s3, PREFIX, "events", 2, 1)
+        .await
+        .unwrap();
+    assert_eq!(gc.unreadable_manifests, 0);
     let files = s3.list(&format!("{PREFIX}/events/2/files/")).await.unwrap();
     let kept = transfer::referenced_files(&s3, PREFIX, "events", 2)
         .await

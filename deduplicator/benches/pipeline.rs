@@ -359,6 +359,11 @@ fn memory_at_steady_state(admin: &Admin, bootstrap: &str, run_for: Duration) -> 
                 .expect("producer");
             let mut sent = 0u64;
             let mut consumed = 0u64;
+            // Event times of now (not ahead of MAX_EVENT_TIME_SKEW, inside the window).
+            let first_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+                - 3_600_000;
             while !stop.load(Ordering::Relaxed) {
                 // Stay close ahead of the consumer: steady state, not a backlog.
                 if sent >= consumed + 5_000 * MEMORY_PARTITIONS as u64 {
@@ -377,7 +382,7 @@ fn memory_at_steady_state(admin: &Admin, bootstrap: &str, run_for: Duration) -> 
                 let payload = format!(
                     r#"{{"uuid":"0190-{id:012}","event":"$pageview","distinct_id":"user-{}","token":"phc_bench","timestamp":{},"properties":{{"$current_url":"https://example.com/p/{}","$browser":"Firefox"}}}}"#,
                     id % 100_000,
-                    1_800_000_000_000u64 + id,
+                    first_ms + id,
                     id % 97
                 );
                 let mut record = BaseRecord::to(&input)

@@ -13,7 +13,7 @@
 //! checkpoint); consumption never waits for it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,10 +30,28 @@ use crate::rebalance_handler::{ExportTarget, RebalanceHandler};
 
 /// Checksums of immutable files (SSTs) already computed, by name and size, per
 /// partition: a checkpoint of a large store then reads only its new files.
+///
+/// Valid for one assignment of the partition only: a store restored (or opened) at
+/// another assignment may be another lineage whose `000012.sst` has the same size and
+/// other bytes, and a stale checksum would make every restore of it fail verification.
 #[derive(Default)]
 struct ChecksumCache {
-    /// Partition → (its store's directory, checksum by file name and size).
-    by_partition: HashMap<i32, (PathBuf, Checksums)>,
+    /// Partition → (the assignment it was computed in, checksum by file name and size).
+    by_partition: HashMap<i32, (u64, Checksums)>,
+}
+
+impl ChecksumCache {
+    /// The checksums known for `partition` in `assignment`; empty for a new assignment.
+    fn for_assignment(&mut self, partition: i32, assignment: u64) -> &mut Checksums {
+        let entry = self
+            .by_partition
+            .entry(partition)
+            .or_insert_with(|| (assignment, HashMap::new()));
+        if entry.0 != assignment {
+            *entry = (assignment, HashMap::new());
+        }
+        &mut entry.1
+    }
 }
 
 type Checksums = checkpoint::KnownChecksums;
@@ -86,7 +104,6 @@ impl CheckpointExporter {
         let Some(store) = target.store.upgrade() else {
             return;
         };
-        let store_dir = store.path().to_path_buf();
         let now_ms = now_ms();
         let started = Instant::now();
         let created = {
@@ -132,26 +149,9 @@ impl CheckpointExporter {
                 size, pause_ms = pause.as_millis() as u64, "checkpoint created (local only)");
             return;
         };
-        let cache = self
-            .checksums
-            .by_partition
-            .entry(partition)
-            .or_insert_with(|| (store_dir.clone(), HashMap::new()));
-        if cache.0 != store_dir {
-            *cache = (store_dir, HashMap::new());
-        }
+        let cache = self.checksums.for_assignment(partition, target.assignment);
         let upload_started = Instant::now();
-        match upload(
-            &pipeline,
-            &remote,
-            &target,
-            &topic,
-            &local,
-            now_ms,
-            &mut cache.1,
-        )
-        .await
-        {
+        match upload(&pipeline, &remote, &target, &topic, &local, now_ms, cache).await {
             Ok(Uploaded::Done { manifest, stats }) => {
                 let seconds = upload_started.elapsed().as_secs_f64();
                 metrics.checkpoint_upload_duration.observe(seconds);
@@ -279,7 +279,10 @@ async fn upload(
     }
     transfer::put_manifest(remote, prefix, &manifest).await?;
     let keep = config.max_remote_checkpoints as usize;
-    match transfer::collect_garbage(remote, prefix, topic, partition, keep).await {
+    let fence = target.fence.clone();
+    let still_owner = move || !*fence.borrow();
+    match transfer::collect_garbage_while(remote, prefix, topic, partition, keep, still_owner).await
+    {
         Ok(gc) => {
             let metrics = &pipeline.metrics;
             metrics
@@ -290,6 +293,10 @@ async fn upload(
                 .checkpoint_gc_deleted
                 .get_or_create(&KindLabels { kind: "file" })
                 .inc_by(gc.files_deleted as u64);
+            if gc.unreadable_manifests > 0 {
+                tracing::warn!(partition, unreadable = gc.unreadable_manifests,
+                    "a kept remote manifest cannot be read (damaged, or a newer format); no file deleted until it ages out");
+            }
         }
         Err(error) => {
             tracing::warn!(partition, %error, "remote checkpoint garbage collection failed")
@@ -370,5 +377,26 @@ pub async fn owner_record_loop(handler: Arc<RebalanceHandler>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_checksums_do_not_outlive_the_assignment_they_were_computed_in() {
+        let mut cache = ChecksumCache::default();
+        let sst = ("000012.sst".to_string(), 4_096);
+        cache
+            .for_assignment(3, 1)
+            .insert(sst.clone(), "lineage-a".into());
+        assert_eq!(
+            cache.for_assignment(3, 1).get(&sst).map(String::as_str),
+            Some("lineage-a")
+        );
+        // Revoked and assigned again: the store may now be another lineage's.
+        assert!(cache.for_assignment(3, 2).get(&sst).is_none());
+        assert!(cache.for_assignment(3, 2).is_empty());
     }
 }

@@ -65,6 +65,13 @@ pub struct Config {
     #[arg(long, env = env::DEDUP_WINDOW, default_value = "24h", value_parser = parse_duration)]
     pub dedup_window: Duration,
 
+    /// Events whose timestamp is further ahead of now than this are not deduplicated:
+    /// they are malformed (`reason="timestamp_in_future"`), routed to the dead-letter
+    /// topic or passed through, and counted. Their keys would never leave the window and
+    /// would outlive every other key under MAX_STORE_CAPACITY. 0 = no bound.
+    #[arg(long, env = env::MAX_EVENT_TIME_SKEW, default_value = "1h", value_parser = parse_duration)]
+    pub max_event_time_skew: Duration,
+
     /// How often retention (window and capacity) is enforced on each partition store.
     #[arg(long, env = env::RETENTION_INTERVAL, default_value = "60s", value_parser = parse_duration)]
     pub retention_interval: Duration,
@@ -142,6 +149,15 @@ pub struct Config {
     #[arg(long, env = env::PUBLISH_MAX_ATTEMPTS, default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub publish_max_attempts: u32,
+
+    /// Most messages a partition replays into an empty store (a partition that moved here
+    /// without a usable checkpoint) to learn the keys of the last DEDUP_WINDOW before
+    /// publishing again: copies of events published before the move are then still
+    /// dropped. The replay starts at the partition's first message of `now −
+    /// DEDUP_WINDOW` (by Kafka timestamp; the partition's start when the window is 0),
+    /// at most this many messages before the committed offset. 0 = no replay.
+    #[arg(long, env = env::CATCH_UP_MAX_MESSAGES, default_value_t = 10_000_000)]
+    pub catch_up_max_messages: u64,
 
     /// Time between checkpoints of each partition store (0 = no checkpoints).
     #[arg(long, env = env::CHECKPOINT_INTERVAL, default_value = "300s", value_parser = parse_duration)]

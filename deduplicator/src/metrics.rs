@@ -33,6 +33,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -49,6 +54,11 @@ pub struct Metrics {
     pub published: Counter,
     pub dead_lettered: Counter,
     pub catch_up_messages: Counter,
+    /// Catch-up replays planned, by why: `behind` (a store behind the committed offset),
+    /// `new_store` (an empty store rebuilding the window's keys).
+    pub catch_up_replays: Family<KindLabels, Counter>,
+    /// Messages no broker will take (too large, invalid), skipped after their attempts.
+    pub publish_skipped: Family<ReasonLabels, Counter>,
     pub publish_retries: Counter,
     pub processing_latency: Histogram,
     pub in_flight: Gauge,
@@ -100,6 +110,8 @@ impl Metrics {
             published: Counter::default(),
             dead_lettered: Counter::default(),
             catch_up_messages: Counter::default(),
+            catch_up_replays: Family::default(),
+            publish_skipped: Family::default(),
             publish_retries: Counter::default(),
             // 100 µs … ~13 s
             processing_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
@@ -166,6 +178,16 @@ impl Metrics {
             "catch_up_messages",
             "Messages replayed into a store without publishing (catch-up)",
             metrics.catch_up_messages.clone(),
+        );
+        r.register(
+            "catch_up_replays",
+            "Catch-up replays planned at assignment, by reason (behind, new_store)",
+            metrics.catch_up_replays.clone(),
+        );
+        r.register(
+            "publish_skipped",
+            "Messages skipped because no broker will ever take them, by reason",
+            metrics.publish_skipped.clone(),
         );
         r.register(
             "publish_retries",

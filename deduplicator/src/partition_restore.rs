@@ -42,16 +42,44 @@ pub struct StartPlan {
     pub catch_up_until: Option<i64>,
 }
 
-/// Compares the store's offset with the group's committed one. A store without an
-/// offset is new: it knows nothing before where consumption starts, and that point is
-/// recorded durably now so that a crash losing its unflushed keys still shows it behind.
-pub fn plan_start(store: &PartitionStore, partition: i32, committed: Option<i64>) -> StartPlan {
+/// Compares the store's offset with the group's committed one.
+///
+/// - **A store behind the committed offset** (a crash lost unflushed keys, an older
+///   checkpoint): its gap is replayed in catch-up mode.
+/// - **A new (empty) store** of a partition the group has consumed before (it moved here
+///   without a usable checkpoint): the window's keys are rebuilt by catch-up replay from
+///   `rebuild_from` (the first offset of `now − DEDUP_WINDOW`, bounded by
+///   CATCH_UP_MAX_MESSAGES), so copies of events published before the move are dropped.
+///   That start is recorded durably now, so that a crash losing the unflushed keys still
+///   shows the store behind.
+/// - **No committed offset** (a new group, expired offsets) **but a store**: the store's
+///   next offset does not mean "published" (keys are written before their messages are
+///   published), so consumption resumes at its *finished* offset, below which every
+///   outcome was final; the originals after it are redeliveries and published again.
+///   Without one, consumption starts where the consumer's `auto.offset.reset` says.
+pub fn plan_start(
+    store: &PartitionStore,
+    partition: i32,
+    committed: Option<i64>,
+    rebuild_from: Option<i64>,
+) -> StartPlan {
     let store_next = match store.next_offset() {
         Ok(Some(next)) => Some(next),
         Ok(None) => {
-            let start = committed.unwrap_or(0);
+            let start = match committed {
+                Some(committed) => rebuild_from.map_or(committed, |r| r.clamp(0, committed)),
+                None => 0,
+            };
             if let Err(error) = store.record_next_offset(start).and_then(|()| store.flush()) {
                 tracing::warn!(partition, %error, "cannot record the new store's start offset");
+            }
+            if committed.is_some_and(|c| start < c) {
+                tracing::info!(
+                    partition,
+                    from = start,
+                    to = committed,
+                    "new store: rebuilding the window's keys by catch-up replay before publishing"
+                );
             }
             Some(start)
         }
@@ -73,19 +101,30 @@ pub fn plan_start(store: &PartitionStore, partition: i32, committed: Option<i64>
                 catch_up_until: Some(committed),
             }
         }
-        (Some(start), None) if start > 0 => {
-            // No committed offset (a new group, or offsets expired) but the store has seen
-            // everything before `start`: resume there rather than republish history.
-            tracing::info!(
-                partition,
-                start,
-                "no committed offset; resuming at the store's offset"
-            );
-            StartPlan {
-                start: Some(start),
-                catch_up_until: None,
+        (Some(next), None) if next > 0 => match store.finished_offset() {
+            Ok(Some(finished)) if finished > 0 => {
+                let start = finished.min(next);
+                tracing::info!(
+                    partition,
+                    start,
+                    store_next = next,
+                    "no committed offset; resuming at the store's finished offset (originals after it are published again)"
+                );
+                StartPlan {
+                    start: Some(start),
+                    catch_up_until: None,
+                }
             }
-        }
+            finished => {
+                tracing::warn!(
+                    partition,
+                    store_next = next,
+                    ?finished,
+                    "no committed offset and no finished offset in the store; consuming from auto.offset.reset (originals the store knows are published again)"
+                );
+                StartPlan::default()
+            }
+        },
         _ => StartPlan::default(),
     }
 }
@@ -108,6 +147,7 @@ pub async fn prepare_store(
     topic: &str,
     partition: i32,
     committed: Committed,
+    opened: Option<PartitionStore>,
 ) -> Option<Prepared> {
     let started = Instant::now();
     let config = &pipeline.config;
@@ -127,7 +167,7 @@ pub async fn prepare_store(
         Committed::Unknown => read_committed(pipeline, consumer, topic, partition).await,
     };
 
-    if let Some(loader) = &pipeline.loader {
+    if let (Some(loader), None) = (&pipeline.loader, &opened) {
         let local = {
             let (dir, settings, resources) = (
                 dir.clone(),
@@ -149,13 +189,16 @@ pub async fn prepare_store(
         report(pipeline, partition, local, &outcome, started);
     }
 
-    let opened = {
-        let (dir, settings, resources) = (
-            dir.clone(),
-            config.store_settings(),
-            pipeline.resources.clone(),
-        );
-        blocking(move || PartitionStore::open(dir, &settings, &resources)).await
+    let opened = match opened {
+        Some(store) => Some(Ok(store)),
+        None => {
+            let (dir, settings, resources) = (
+                dir.clone(),
+                config.store_settings(),
+                pipeline.resources.clone(),
+            );
+            blocking(move || PartitionStore::open(dir, &settings, &resources)).await
+        }
     };
     let store = match opened {
         Some(Ok(store)) => store,
@@ -166,7 +209,14 @@ pub async fn prepare_store(
         }
         None => return None,
     };
-    let plan = plan_start(&store, partition, committed);
+    let rebuild_from = match committed {
+        Some(committed) if is_new(&store) => {
+            rebuild_start(pipeline, consumer, topic, partition, committed).await
+        }
+        _ => None,
+    };
+    let plan = plan_start(&store, partition, committed, rebuild_from);
+    count_catch_up(pipeline, &plan, rebuild_from.is_some());
     let mut catch_up_until = plan.catch_up_until;
     if let Some(start) = plan.start {
         let consumer = Arc::clone(consumer);
@@ -204,6 +254,82 @@ pub async fn prepare_store(
     })
 }
 
+/// True for a store that has never recorded an offset (created just now, empty).
+pub fn is_new(store: &PartitionStore) -> bool {
+    matches!(store.next_offset(), Ok(None))
+}
+
+/// Counts a planned catch-up replay by its reason.
+pub fn count_catch_up(pipeline: &Pipeline, plan: &StartPlan, new_store: bool) {
+    if plan.catch_up_until.is_some() {
+        let kind = if new_store { "new_store" } else { "behind" };
+        pipeline
+            .metrics
+            .catch_up_replays
+            .get_or_create(&crate::metrics::KindLabels { kind })
+            .inc();
+    }
+}
+
+/// Where an empty store of a partition committed at `committed` starts rebuilding the
+/// window's keys: the partition's first offset at or after `now − DEDUP_WINDOW` (by
+/// Kafka timestamp; with no window, the partition's start), at most
+/// CATCH_UP_MAX_MESSAGES before `committed`. `None`: no replay (disabled, nothing in the
+/// window, or the lookup failed, which is logged).
+async fn rebuild_start(
+    pipeline: &Pipeline,
+    consumer: &Arc<DedupConsumer>,
+    topic: &str,
+    partition: i32,
+    committed: i64,
+) -> Option<i64> {
+    let config = &pipeline.config;
+    if config.catch_up_max_messages == 0 || committed <= 0 {
+        return None;
+    }
+    let window_start_ms = if config.dedup_window.is_zero() {
+        0
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        now.saturating_sub(config.dedup_window).as_millis() as i64
+    };
+    let lookup = {
+        let consumer = Arc::clone(consumer);
+        let mut times = TopicPartitionList::new();
+        let added = times.add_partition_offset(topic, partition, Offset::Offset(window_start_ms));
+        blocking(move || {
+            added?;
+            consumer.offsets_for_times(times, CONSUMER_CALL_TIMEOUT)
+        })
+        .await
+    };
+    let first_in_window = match lookup {
+        Some(Ok(list)) => match list.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(offset)) => offset,
+            // No message at or after the window's start: nothing to learn.
+            _ => return None,
+        },
+        other => {
+            pipeline.metrics.kafka_errors.inc();
+            tracing::error!(partition, result = ?other.map(|r| r.map(|_| ())), "cannot look up the offset of the window's start; the new store starts empty at the committed offset, and copies of earlier events may pass");
+            return None;
+        }
+    };
+    let bound = committed.saturating_sub(config.catch_up_max_messages.min(i64::MAX as u64) as i64);
+    let start = first_in_window.max(bound).max(0);
+    if first_in_window < bound {
+        tracing::warn!(
+            partition,
+            first_in_window,
+            start,
+            "the window holds more than CATCH_UP_MAX_MESSAGES messages; keys before the replay's start are not learned"
+        );
+    }
+    (start < committed).then_some(start)
+}
+
 /// Reads the group's committed offset of one partition, retrying with backoff until the
 /// coordinator answers (the caller drops this future when the partition is revoked).
 async fn read_committed(
@@ -226,7 +352,7 @@ async fn read_committed(
                     partition,
                     committed = ?offset,
                     failures,
-                    "committed offset read after the assignment could not read it"
+                    "committed offset read in the partition's task (the assignment could not read it, or exactly-once reads it after fencing)"
                 );
                 return offset;
             }
@@ -347,5 +473,88 @@ async fn blocking<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) 
             tracing::error!(%error, "blocking task failed");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dedup_core::store::{StoreResources, StoreSettings};
+
+    fn store(dir: &tempfile::TempDir) -> PartitionStore {
+        let settings = StoreSettings {
+            dedup_window: Duration::ZERO,
+            max_capacity_bytes: 0,
+            wal: false,
+            recent_keys: 0,
+        };
+        PartitionStore::open(
+            dir.path().join("t_0"),
+            &settings,
+            &StoreResources::default(),
+        )
+        .expect("store")
+    }
+
+    #[test]
+    fn a_new_store_rebuilds_from_the_window_start_up_to_the_committed_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let plan = plan_start(&store, 0, Some(100), Some(40));
+        assert_eq!(
+            plan,
+            StartPlan {
+                start: Some(40),
+                catch_up_until: Some(100)
+            }
+        );
+        // Recorded at once: a crash before anything is flushed still shows it behind.
+        assert_eq!(store.next_offset().unwrap(), Some(40));
+    }
+
+    #[test]
+    fn a_new_store_without_a_window_start_begins_at_the_committed_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        assert_eq!(plan_start(&store, 0, Some(100), None), StartPlan::default());
+        assert_eq!(store.next_offset().unwrap(), Some(100));
+        // A window start past the committed offset changes nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let store2 = self::store(&dir);
+        assert_eq!(
+            plan_start(&store2, 0, Some(100), Some(120)),
+            StartPlan::default()
+        );
+    }
+
+    #[test]
+    fn a_store_behind_the_committed_offset_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        store.record_next_offset(50).unwrap();
+        assert_eq!(
+            plan_start(&store, 0, Some(80), Some(0)),
+            StartPlan {
+                start: Some(50),
+                catch_up_until: Some(80)
+            }
+        );
+    }
+
+    #[test]
+    fn without_a_committed_offset_a_store_resumes_at_its_finished_offset_not_its_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        store.record_next_offset(50).unwrap();
+        // Nothing known to be finished: from auto.offset.reset (originals republished).
+        assert_eq!(plan_start(&store, 0, None, None), StartPlan::default());
+        store.record_finished_offset(30).unwrap();
+        assert_eq!(
+            plan_start(&store, 0, None, None),
+            StartPlan {
+                start: Some(30),
+                catch_up_until: None
+            }
+        );
     }
 }

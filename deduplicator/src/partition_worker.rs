@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use crate::message_tracker::{AckableMessage, PartitionTracker, Reservation};
 use crate::metrics::{MalformedLabels, PartitionLabels};
 use crate::pipeline::Pipeline;
-use crate::publisher::Target;
+use crate::publisher::{Delivered, Target};
 use crate::rebalance_handler::{DedupConsumer, PartitionQueue};
 use crate::transactional_publisher::{TransactionError, TransactionalPublisher};
 
@@ -157,11 +157,17 @@ impl PartitionWorker {
         let Some(transactions) = self.transactions.as_mut() else {
             return true;
         };
-        match transactions
+        let result = transactions
             .commit(self.consumer.as_ref(), give_up_at)
-            .await
-        {
-            Ok(()) => true,
+            .await;
+        let committed = transactions.committed_offset();
+        match result {
+            Ok(()) => {
+                if let Some(next) = committed {
+                    self.record_finished(next);
+                }
+                true
+            }
             Err(TransactionError::Fenced { .. }) => false,
             Err(error @ TransactionError::Deadline(_)) => {
                 tracing::error!(partition = self.partition, %error, "transaction abandoned at revocation; the next owner publishes its messages");
@@ -210,9 +216,16 @@ impl PartitionWorker {
                 (self.tracker.track(message.offset(), reservation), message)
             })
             .collect();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let skew = self.pipeline.config.max_event_time_skew;
         let parsed: Vec<_> = messages
             .iter()
-            .map(|(_, message)| event::stored_key(message.payload()))
+            .map(|(_, message)| {
+                event::stored_key(message.payload())
+                    .and_then(|key| event::within_skew(key, now_ms, skew))
+            })
             .collect();
         let keyed: Vec<_> = parsed
             .iter()
@@ -227,6 +240,7 @@ impl PartitionWorker {
         let publisher = &self.pipeline.publisher;
         let mut outcomes = outcomes.into_iter();
         for ((ackable, message), key) in messages.into_iter().zip(parsed) {
+            let stored_key = key.as_ref().ok().copied();
             let target = match key {
                 Ok(_) => match outcomes.next() {
                     Some(Outcome::Unique) => {
@@ -283,10 +297,16 @@ impl PartitionWorker {
                 None => ackable.ack(), // no output topic: deduplicate and count only
                 Some(first) => {
                     let publisher = Arc::clone(publisher);
+                    let store = Arc::clone(&self.store);
                     deliveries.spawn(async move {
                         match publisher.deliver(&message, target, first).await {
-                            crate::publisher::Delivered::Output => ackable.ack(),
-                            crate::publisher::Delivered::DeadLetter => ackable.nack(),
+                            Delivered::Output | Delivered::Skipped => ackable.ack(),
+                            Delivered::DeadLetter => {
+                                if let (Target::Output, Some(key)) = (target, stored_key) {
+                                    forget_dead_lettered(&store, &key, &message);
+                                }
+                                ackable.nack()
+                            }
                         }
                     });
                 }
@@ -335,6 +355,16 @@ impl PartitionWorker {
         }
     }
 
+    /// Tells the store that every message below `next` is finished, so that a restart
+    /// without a committed offset (a new group, expired offsets) resumes there and not
+    /// at the store's next offset, below which messages may not have been published.
+    fn record_finished(&self, next: i64) {
+        if let Err(error) = self.store.record_finished_offset(next) {
+            self.pipeline.metrics.store_errors.inc();
+            tracing::warn!(partition = self.partition, %error, "cannot record the finished offset in the store");
+        }
+    }
+
     fn store_committable(&self, stored: &mut Option<i64>) {
         if self.transactions.is_some() {
             return; // offsets commit inside the transactions
@@ -355,6 +385,7 @@ impl PartitionWorker {
         match self.consumer.store_offsets(&offsets) {
             Ok(()) => {
                 *stored = Some(next);
+                self.record_finished(next);
                 self.pipeline
                     .metrics
                     .committed_offset
@@ -367,6 +398,20 @@ impl PartitionWorker {
                 tracing::warn!(partition = self.partition, %error, "storing the offset failed")
             }
         }
+    }
+}
+
+/// A unique event that went to the dead-letter topic because it could not be published
+/// was never output: its key is forgotten, so that replaying the dead-letter topic into
+/// the input publishes it (once) instead of dropping it as a duplicate of itself.
+fn forget_dead_lettered(
+    store: &PartitionStore,
+    key: &dedup_core::StoredKey,
+    message: &OwnedMessage,
+) {
+    if let Err(error) = store.forget(key, message.offset()) {
+        tracing::warn!(partition = message.partition(), offset = message.offset(), %error,
+            "cannot forget the key of a dead-lettered event; replaying it would drop it as a duplicate");
     }
 }
 

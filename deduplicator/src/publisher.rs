@@ -5,8 +5,14 @@
 //! partition, retries included, with idempotence); their delivery is awaited separately,
 //! so a partition keeps consuming while earlier messages are being acknowledged.
 //! A delivery that fails after librdkafka's own retries is retried here with backoff;
-//! after `PUBLISH_MAX_ATTEMPTS` it goes to the dead-letter topic if there is one,
-//! otherwise it is retried until it succeeds: a unique event is never given up.
+//! after `PUBLISH_MAX_ATTEMPTS` it goes to the dead-letter topic if there is one.
+//! Without one, a transient failure (a broker away, a timeout) is retried until it
+//! succeeds: a unique event is never given up for an outage. A message that no broker
+//! will ever take (larger than `message.max.bytes`, an invalid record) is skipped after
+//! `PUBLISH_MAX_ATTEMPTS` (or after as many failed attempts at the dead-letter topic),
+//! logged with why and counted in `publish_skipped{reason}`: it would otherwise hold its
+//! partition's commits forever and be republished with everything after it at each
+//! restart.
 
 use std::time::Duration;
 
@@ -34,6 +40,26 @@ pub enum Target {
 pub enum Delivered {
     Output,
     DeadLetter,
+    /// Neither topic will ever take it: skipped, logged and counted.
+    Skipped,
+}
+
+/// A failure no retry can mend: the message itself is refused.
+pub(crate) fn is_permanent(error: &KafkaError) -> Option<&'static str> {
+    let code = match error {
+        KafkaError::MessageProduction(code) => *code,
+        KafkaError::Transaction(e) => e.code(),
+        _ => return None,
+    };
+    match code {
+        RDKafkaErrorCode::MessageSizeTooLarge => Some("message_too_large"),
+        RDKafkaErrorCode::InvalidMessageSize | RDKafkaErrorCode::InvalidMessage => {
+            Some("invalid_message")
+        }
+        RDKafkaErrorCode::InvalidRecord => Some("invalid_record"),
+        RDKafkaErrorCode::MessageBatchTooLarge => Some("batch_too_large"),
+        _ => None,
+    }
 }
 
 pub struct Publisher {
@@ -121,6 +147,20 @@ impl Publisher {
             };
             failures += 1;
             self.metrics.publish_retries.inc();
+            let permanent = is_permanent(&error);
+            if let Some(reason) = permanent.filter(|_| {
+                failures >= self.max_attempts
+                    && (target != Target::Output || self.dead_letter_topic.is_none())
+            }) {
+                self.metrics
+                    .publish_skipped
+                    .get_or_create(&crate::metrics::ReasonLabels { reason })
+                    .inc();
+                tracing::error!(partition = message.partition(), offset = message.offset(), %error,
+                    attempts = failures, reason, ?target, bytes = message.payload().map_or(0, <[u8]>::len),
+                    "the message can never be published; skipped (its offset is committed)");
+                return Delivered::Skipped;
+            }
             if target == Target::Output
                 && failures >= self.max_attempts
                 && self.dead_letter_topic.is_some()

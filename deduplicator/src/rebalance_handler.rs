@@ -39,7 +39,9 @@ use tokio::task::JoinHandle;
 
 use crate::message_tracker::PartitionTracker;
 use crate::metrics::{KindLabels, PartitionLabels};
-use crate::partition_restore::{offset_in, plan_start, prepare_store, Committed, Prepared};
+use crate::partition_restore::{
+    count_catch_up, is_new, offset_in, plan_start, prepare_store, Committed, Prepared,
+};
 use crate::partition_worker::{fenced, PartitionWorker, WorkerExit};
 use crate::pipeline::Pipeline;
 use crate::transactional_publisher::TransactionalPublisher;
@@ -149,11 +151,16 @@ struct PartitionHandle {
     task: JoinHandle<WorkerExit>,
     /// Held by the checkpoint exporter while it commits a remote checkpoint.
     checkpoint_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Unique to this assignment of the partition (its store may be another lineage's).
+    assignment: u64,
 }
 
 /// What the checkpoint exporter needs of an owned partition.
 pub struct ExportTarget {
     pub partition: i32,
+    /// Unique to this assignment of the partition: a store opened (or restored) at
+    /// another assignment may hold another lineage's files under the same names.
+    pub assignment: u64,
     pub store: Weak<PartitionStore>,
     /// True once the partition is being given up.
     pub fence: watch::Receiver<bool>,
@@ -169,6 +176,8 @@ pub struct RebalanceHandler {
     /// Counts assignments; `applied` is the newest one handed to the consumer, so a
     /// partition task knows when its partition is assigned (and may pause or seek it).
     generation: AtomicU64,
+    /// Counts partition assignments (each partition's own), for [`ExportTarget::assignment`].
+    assignments: AtomicU64,
     applied: watch::Sender<u64>,
     /// The partitions owned after the latest rebalance (for the ownership record).
     owners: watch::Sender<Vec<i32>>,
@@ -185,6 +194,7 @@ impl RebalanceHandler {
             partitions: Mutex::new(HashMap::new()),
             runtime,
             generation: AtomicU64::new(0),
+            assignments: AtomicU64::new(0),
             applied: watch::channel(0).0,
             owners,
             owners_rx: Mutex::new(Some(owners_rx)),
@@ -235,6 +245,7 @@ impl RebalanceHandler {
             .filter_map(|(p, h)| {
                 h.store.get().map(|s| ExportTarget {
                     partition: *p,
+                    assignment: h.assignment,
                     store: Arc::downgrade(s),
                     fence: h.fence.subscribe(),
                     checkpoint_lock: Arc::clone(&h.checkpoint_lock),
@@ -279,14 +290,32 @@ impl RebalanceHandler {
             .collect();
         for partition in assigned {
             let committed_offset = match &committed {
+                // Exactly-once: read again in the partition's task, after its producer
+                // has fenced the previous owner, whose last transaction may still be
+                // committing offsets now.
+                _ if self.pipeline.config.exactly_once() => Committed::Unknown,
                 Some(list) => Committed::Known(offset_in(list, &topic, partition)),
                 None => Committed::Unknown,
             };
             let start = match committed_offset {
                 Committed::Known(known) if self.pipeline.loader.is_none() => {
                     match self.open_store(&topic, partition) {
+                        // An empty store of a partition consumed before: the offset of
+                        // the window's start is looked up in the partition's task, off
+                        // this callback.
+                        Ok(store)
+                            if is_new(&store)
+                                && known.is_some_and(|c| c > 0)
+                                && self.pipeline.config.catch_up_max_messages > 0 =>
+                        {
+                            Start::Prepare {
+                                generation,
+                                opened: Some(Box::new(store)),
+                            }
+                        }
                         Ok(store) => {
-                            let plan = plan_start(&store, partition, known);
+                            let plan = plan_start(&store, partition, known, None);
+                            count_catch_up(&self.pipeline, &plan, false);
                             let mut catch_up_until = plan.catch_up_until;
                             if let Some(start) = plan.start {
                                 if let Err(error) = tpl_set(tpl, &topic, partition, start) {
@@ -310,7 +339,10 @@ impl RebalanceHandler {
                 }
                 // Restore check (with a remote), or the committed offset read again, in
                 // the partition's task, off this callback.
-                _ => Start::Prepare { generation },
+                _ => Start::Prepare {
+                    generation,
+                    opened: None,
+                },
             };
             let Some(queue) = stream_consumer.split_partition_queue(&topic, partition) else {
                 tracing::error!(
@@ -369,19 +401,35 @@ impl RebalanceHandler {
         let mut applied = self.applied.subscribe();
         let task = self.runtime.spawn(async move {
             let mut fence = fence_rx.clone();
+            // Exactly-once: initialise the partition's transactional id first, which fences
+            // the previous owner and completes or aborts its open transaction; only then
+            // is the committed offset read (in the preparation below).
+            let transactions = if pipeline.config.exactly_once() {
+                let started = tokio::select! {
+                    biased;
+                    _ = fenced(&mut fence) => None,
+                    started = start_transactions(&pipeline, partition) => Some(started),
+                };
+                match started {
+                    Some(transactions) => Some(transactions),
+                    None => return WorkerExit { committable: None },
+                }
+            } else {
+                None
+            };
             let (store, catch_up_until) = match start {
                 Start::Ready {
                     store,
                     catch_up_until,
                 } => (*store, catch_up_until),
-                Start::Prepare { generation } => {
+                Start::Prepare { generation, opened } => {
                     let prepared = tokio::select! {
                         biased;
                         _ = fenced(&mut fence) => None,
                         prepared = async {
                             // Pausing or seeking needs the partition assigned first.
                             let _ = applied.wait_for(|g| *g >= generation).await;
-                            prepare_store(&pipeline, &consumer, &topic, partition, committed).await
+                            prepare_store(&pipeline, &consumer, &topic, partition, committed, opened.map(|s| *s)).await
                         } => prepared,
                     };
                     match prepared {
@@ -403,19 +451,6 @@ impl RebalanceHandler {
                         None => return WorkerExit { committable: None },
                     }
                 }
-            };
-            let transactions = if pipeline.config.exactly_once() {
-                let started = tokio::select! {
-                    biased;
-                    _ = fenced(&mut fence) => None,
-                    started = start_transactions(&pipeline, partition) => Some(started),
-                };
-                match started {
-                    Some(transactions) => Some(transactions),
-                    None => return WorkerExit { committable: None },
-                }
-            } else {
-                None
             };
             let store = Arc::new(store);
             let _ = worker_slot.set(Arc::clone(&store));
@@ -450,6 +485,7 @@ impl RebalanceHandler {
                 stray,
                 task,
                 checkpoint_lock: Arc::new(tokio::sync::Mutex::new(())),
+                assignment: self.assignments.fetch_add(1, Ordering::SeqCst),
             },
         );
     }
@@ -500,6 +536,7 @@ impl RebalanceHandler {
         let mut offsets = TopicPartitionList::new();
         let mut stores = Vec::new();
         for (partition, handle) in handles {
+            let abort = handle.task.abort_handle();
             let exit = self.block_on(async {
                 match tokio::time::timeout(bound, handle.task).await {
                     Ok(Ok(exit)) => Some(exit),
@@ -508,7 +545,13 @@ impl RebalanceHandler {
                         None
                     }
                     Err(_) => {
-                        tracing::error!(partition, "partition worker did not stop in time");
+                        // Cancelled, so that it holds neither the store (which the
+                        // partition needs if it comes back) nor anything of the partition.
+                        abort.abort();
+                        tracing::error!(
+                            partition,
+                            "partition worker did not stop in time; cancelled"
+                        );
                         None
                     }
                 }
@@ -631,9 +674,12 @@ enum Start {
         store: Box<PartitionStore>,
         catch_up_until: Option<i64>,
     },
-    /// Restore check, open and plan in the partition's task once assignment `generation`
-    /// is applied.
-    Prepare { generation: u64 },
+    /// Restore check, open (unless `opened`) and plan in the partition's task once
+    /// assignment `generation` is applied.
+    Prepare {
+        generation: u64,
+        opened: Option<Box<PartitionStore>>,
+    },
 }
 
 fn tpl_set(

@@ -10,10 +10,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dedup_core::config::env;
 use dedup_core::http::{self, Health};
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, Message};
 use tokio::runtime::Handle;
 
@@ -40,6 +41,12 @@ pub enum RunError {
         #[source]
         source: KafkaError,
     },
+    #[error("{setting} names topic `{topic}`, which does not exist on the Kafka cluster (KAFKA_HOSTS={hosts}); create it (as many partitions as the input is usual) or fix {setting}")]
+    MissingTopic {
+        setting: &'static str,
+        topic: String,
+        hosts: String,
+    },
     #[error("cannot create the store directory {path} (STORE_PATH): {source}")]
     StorePath {
         path: std::path::PathBuf,
@@ -47,6 +54,10 @@ pub enum RunError {
         source: std::io::Error,
     },
 }
+
+/// How long start-up asks the cluster whether the output and dead-letter topics exist
+/// before it goes on without knowing (a cluster away at start is not a bad setting).
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The stateful, partition-aware consumer of the product description.
 pub struct StatefulKafkaConsumer {
@@ -109,8 +120,57 @@ impl StatefulKafkaConsumer {
         })
     }
 
+    /// Fails start-up, naming the setting, when the output or dead-letter topic does not
+    /// exist: otherwise every message for it would be retried, one partition's retries
+    /// would take all of MAX_IN_FLIGHT_MESSAGES, and nothing would say why. Asked with the
+    /// consumer's metadata request, which never creates a topic. A cluster that does not
+    /// answer within `TOPIC_CHECK_TIMEOUT` is logged and the check skipped.
+    async fn check_topics_exist(&self) -> Result<(), RunError> {
+        let config = &self.pipeline.config;
+        let wanted = [
+            (env::OUTPUT_TOPIC, config.output_topic.clone()),
+            (env::DEAD_LETTER_TOPIC, config.dead_letter_topic.clone()),
+        ];
+        for (setting, topic) in wanted {
+            let Some(topic) = topic else { continue };
+            let consumer = Arc::clone(&self.consumer);
+            let asked = topic.clone();
+            let answer = tokio::task::spawn_blocking(move || {
+                consumer
+                    .fetch_metadata(Some(&asked), TOPIC_CHECK_TIMEOUT)
+                    .map(|metadata| {
+                        metadata
+                            .topics()
+                            .iter()
+                            .find(|t| t.name() == asked)
+                            .map(|t| t.error())
+                    })
+            })
+            .await;
+            match answer {
+                Ok(Ok(Some(Some(error))))
+                    if RDKafkaErrorCode::from(error)
+                        == RDKafkaErrorCode::UnknownTopicOrPartition =>
+                {
+                    return Err(RunError::MissingTopic {
+                        setting,
+                        topic,
+                        hosts: config.kafka_hosts.clone(),
+                    });
+                }
+                Ok(Ok(Some(None))) => tracing::debug!(setting, topic, "topic exists"),
+                other => {
+                    self.pipeline.metrics.kafka_errors.inc();
+                    tracing::warn!(setting, topic, answer = ?other.map(|r| r.map(|_| ())), "cannot tell whether the topic exists; starting anyway");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Subscribes and consumes until `shutdown` completes, then shuts down cleanly.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        self.check_topics_exist().await?;
         let topic = self.pipeline.config.kafka_consumer_topic.clone();
         self.consumer
             .subscribe(&[&topic])

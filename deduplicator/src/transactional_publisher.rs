@@ -30,7 +30,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::publisher::{backoff, client_id, send, Target};
+use crate::publisher::{backoff, client_id, is_permanent, send, Target};
 
 /// A partition's output transactions.
 pub struct TransactionalPublisher {
@@ -46,6 +46,8 @@ pub struct TransactionalPublisher {
     call_timeout: Duration,
     metrics: Arc<Metrics>,
     open: Option<OpenTransaction>,
+    /// The offset the newest committed transaction committed.
+    committed_offset: Option<i64>,
 }
 
 struct OpenTransaction {
@@ -155,7 +157,14 @@ impl TransactionalPublisher {
             call_timeout,
             metrics,
             open: None,
+            committed_offset: None,
         })
+    }
+
+    /// The offset the newest committed transaction committed: every message below it is
+    /// final.
+    pub fn committed_offset(&self) -> Option<i64> {
+        self.committed_offset
     }
 
     pub fn transactional_id(&self) -> &str {
@@ -172,6 +181,20 @@ impl TransactionalPublisher {
             _ => &self.output_topic,
         };
         let sent = send(&self.producer, &message, topic, target).await;
+        if let Err(error) = &sent {
+            if let Some(reason) = is_permanent(error) {
+                // Refused before it was sent (larger than the producer's message.max.bytes):
+                // no retry or abort can mend it, and aborting would only repeat it.
+                self.metrics
+                    .publish_skipped
+                    .get_or_create(&crate::metrics::ReasonLabels { reason })
+                    .inc();
+                tracing::error!(partition = message.partition(), offset = message.offset(), %error, reason,
+                    "the message can never be published; skipped (its offset commits with the transaction)");
+                self.open(message.offset());
+                return;
+            }
+        }
         let open = self.open(message.offset());
         if let Err(error) = sent {
             open.failed.get_or_insert(error);
@@ -309,6 +332,9 @@ impl TransactionalPublisher {
         let Some(open) = self.open.take() else {
             return;
         };
+        if open.consumed > 0 {
+            self.committed_offset = Some(open.next_offset);
+        }
         let metrics = &self.metrics;
         crate::metrics::Metrics::count(&metrics.transactions, "committed");
         metrics

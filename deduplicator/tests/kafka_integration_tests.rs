@@ -442,3 +442,389 @@ fn an_in_flight_bound_below_the_partition_count_does_not_starve_busy_partitions(
     assert_eq!(published.len(), uniques);
     assert_eq!(verify_no_loss(&events, &published), 0);
 }
+
+/// Copies, with new uuids, of `events` (same keys): what a retrying client sends again.
+fn copies_of(events: &[GenEvent], tag: &str) -> Vec<GenEvent> {
+    events
+        .iter()
+        .map(|e| GenEvent {
+            uuid: format!("{}-{tag}", e.uuid),
+            is_copy: true,
+            ..e.clone()
+        })
+        .collect()
+}
+
+/// A partition that moves to a process with an empty store and no checkpoint remote (or
+/// whose restore failed) rebuilds the keys of the last DEDUP_WINDOW by catch-up replay
+/// before it publishes: copies of events published before the move are still dropped.
+/// (Before: the new store started at the committed offset, and every copy passed.)
+#[test]
+fn a_partition_moved_to_an_empty_store_rebuilds_the_window_by_catch_up() {
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", PARTITIONS);
+    let output = kafka.topic("out", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    // Event times of now, so that the window (1 h) holds them.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut events = generate(4_000, 0, PARTITIONS, 41, "mv");
+    for e in &mut events {
+        e.timestamp_ms += now_ms - 1_700_000_000_000 - 10 * 60_000;
+    }
+    let spec = |store: &str| {
+        DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join(store))
+            .env("DEDUP_WINDOW", "1h")
+    };
+    kafka.produce(
+        &input,
+        &events.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+    );
+    let mut first = spec("a").spawn(dir.path(), "a");
+    first.wait_until("everything committed", WAIT, |d| {
+        committed_to_end(d, PARTITIONS) && d.metric("dedup_committed_offset") >= 4_000.0
+    });
+    assert!(first.terminate().success(), "A leaves the group");
+
+    // Every event again, as copies; the partitions' new owner has an empty store.
+    let copies = copies_of(&events, "again");
+    kafka.produce(
+        &input,
+        &copies.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+    );
+    let mut second = spec("b").spawn(dir.path(), "b");
+    second.wait_until("the copies consumed", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= 8_000.0 && d.metric("dedup_in_flight_messages") == 0.0
+    });
+    assert_eq!(
+        second.metric("dedup_published_total"),
+        0.0,
+        "a copy of an event published before the move passed"
+    );
+    assert_eq!(
+        second.metric("dedup_catch_up_replays_total{kind=\"new_store\"}"),
+        PARTITIONS as f64
+    );
+    assert_eq!(second.metric("dedup_catch_up_messages_total"), 4_000.0);
+    assert_eq!(
+        second.metric("dedup_events_total{outcome=\"duplicate\"}"),
+        4_000.0
+    );
+    assert!(second.terminate().success());
+    let all: Vec<GenEvent> = events.iter().chain(&copies).cloned().collect();
+    let published = kafka.read_all(&output, PARTITIONS, 4_000, Duration::from_secs(2));
+    assert_eq!(published.len(), 4_000);
+    assert_eq!(verify_no_loss(&all, &published), 0);
+}
+
+/// A new group (or expired offsets) while the output refuses every message: the store
+/// records keys and its next offset, nothing is published or committed, the store is
+/// flushed, the process dies. Restarted, with no committed offset, it must not resume
+/// at the store's next offset (the messages below it were never published).
+#[test]
+fn no_committed_offset_and_a_store_that_is_ahead_loses_no_unique_event() {
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", PARTITIONS);
+    let output = kafka.topic("out", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join("store"))
+        .env("DEDUP_WINDOW", "0")
+        .env("RETENTION_INTERVAL", "1s");
+    let events = generate(600, 0, PARTITIONS, 43, "nc");
+    let mut dedup = spec.spawn(dir.path(), "outage");
+    dedup.wait_until("joined", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") >= 1.0
+    });
+    // An output outage: the topic is gone (the cluster does not create topics), so
+    // every write fails and is retried, until the test creates it again.
+    kafka.delete_topic(&output);
+    kafka.produce(
+        &input,
+        &events.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+    );
+    dedup.wait_until("consumed, publishing failing", WAIT, |d| {
+        d.metric("dedup_messages_in_total") >= 600.0
+    });
+    assert_eq!(dedup.metric("dedup_published_total"), 0.0);
+    // Two retention passes: the store's keys and next offset are flushed.
+    std::thread::sleep(Duration::from_secs(3));
+    dedup.kill9();
+    assert_eq!(kafka.committed_total(&spec.group, &input, PARTITIONS), 0);
+
+    kafka.create_topic_named(&output, PARTITIONS);
+    let mut restarted = spec.spawn(dir.path(), "restarted");
+    restarted.wait_until("everything published and committed", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= 600.0 && d.metric("dedup_in_flight_messages") == 0.0
+    });
+    assert!(restarted.terminate().success());
+    let published = kafka.read_all(&output, PARTITIONS, 600, Duration::from_secs(2));
+    assert_eq!(
+        verify_no_loss(&events, &published),
+        0,
+        "each event published once: the failed publications are not in the output"
+    );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn event_at(partition: i32, uuid: &str, distinct_id: &str, timestamp_ms: i64) -> Produced {
+    Produced {
+        partition,
+        key: Some(distinct_id.as_bytes().to_vec()),
+        payload: Some(
+            format!(
+                r#"{{"uuid":"{uuid}","distinct_id":"{distinct_id}","token":"tok","event":"$pageview","timestamp":{timestamp_ms}}}"#
+            )
+            .into_bytes(),
+        ),
+    }
+}
+
+fn uuids(messages: &[rdkafka::message::OwnedMessage]) -> Vec<String> {
+    let mut uuids: Vec<String> = messages
+        .iter()
+        .filter_map(|m| {
+            let value: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
+            Some(value["uuid"].as_str()?.to_string())
+        })
+        .collect();
+    uuids.sort();
+    uuids
+}
+
+/// Both ends of the window. A timestamp more than MAX_EVENT_TIME_SKEW ahead (here
+/// microseconds read as milliseconds) is not deduplicated: dead-lettered with its reason
+/// and counted, so its key never sits in the store for ever. An event older than the
+/// window is deduplicated against what the store still holds: its copy is dropped while
+/// the key is there, and passes once a retention pass has evicted it (it is outside the
+/// window), as docs/reliability.md states.
+#[test]
+fn timestamps_far_ahead_are_dead_lettered_and_old_events_are_kept_until_retention() {
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", 1);
+    let output = kafka.topic("out", 1);
+    let dlq = kafka.topic("dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    let hour = 3_600_000;
+    // No recent-keys cache: it may keep an evicted key a little longer (which only
+    // lengthens deduplication), and this test shows the store's own bound.
+    let mut spec = DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join("store"))
+        .env("DEDUP_WINDOW", "1h")
+        .env("MAX_EVENT_TIME_SKEW", "1h")
+        .env("RETENTION_INTERVAL", "2s")
+        .env("STORE_RECENT_KEYS", "0");
+    spec.dead_letter = Some(dlq.clone());
+    kafka.produce(
+        &input,
+        &[
+            event_at(0, "micros", "a", now * 1_000),
+            event_at(0, "micros-copy", "a", now * 1_000),
+            event_at(0, "soon", "b", now + hour / 2),
+            event_at(0, "soon-copy", "b", now + hour / 2),
+            event_at(0, "old", "c", now - 2 * hour),
+            event_at(0, "old-copy", "c", now - 2 * hour),
+        ],
+    );
+    let mut dedup = spec.spawn(dir.path(), "dedup");
+    dedup.wait_until("all six decided", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= 6.0
+    });
+    assert_eq!(
+        dedup
+            .metric("dedup_malformed_total{reason=\"timestamp_in_future\",action=\"dead_letter\"}"),
+        2.0
+    );
+    assert_eq!(dedup.metric("dedup_dead_lettered_total"), 2.0);
+    assert_eq!(
+        dedup.metric("dedup_events_total{outcome=\"duplicate\"}"),
+        2.0
+    );
+    // The old key leaves the store at the next retention pass; a copy after it passes.
+    dedup.wait_until("the old key evicted", WAIT, |d| {
+        d.metric("dedup_evicted_keys_total") >= 1.0
+    });
+    kafka.produce(&input, &[event_at(0, "old-copy-late", "c", now - 2 * hour)]);
+    dedup.wait_until("the late copy decided", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= 7.0
+    });
+    assert!(dedup.terminate().success());
+    let published = kafka.read_all(&output, 1, 3, Duration::from_secs(2));
+    assert_eq!(uuids(&published), ["old", "old-copy-late", "soon"]);
+    let dead = kafka.read_all(&dlq, 1, 2, Duration::from_secs(2));
+    assert_eq!(uuids(&dead), ["micros", "micros-copy"]);
+    for message in &dead {
+        let reason = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "dedup-error"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        assert_eq!(reason.as_deref(), Some("timestamp_in_future"));
+    }
+}
+
+/// A unique event sent to the dead-letter topic because publishing it failed was never
+/// output: replaying the dead-letter topic into the input publishes it, once.
+#[test]
+fn events_dead_lettered_after_failed_publishing_can_be_replayed() {
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", 1);
+    // The broker refuses every event until the test raises the limit.
+    let output = kafka.topic_with_config("out", 1, &[("max.message.bytes", "100")]);
+    let dlq = kafka.topic("dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join("store"))
+        .env("DEDUP_WINDOW", "0")
+        .env("PUBLISH_MAX_ATTEMPTS", "2");
+    spec.dead_letter = Some(dlq.clone());
+    let events: Vec<Produced> = (0..20)
+        .map(|i| {
+            event_at(
+                0,
+                &format!("e{i:02}"),
+                &format!("user-{i}"),
+                1_700_000_000_000 + i,
+            )
+        })
+        .collect();
+    kafka.produce(&input, &events);
+    let mut dedup = spec.spawn(dir.path(), "dedup");
+    dedup.wait_until("every event dead-lettered", WAIT, |d| {
+        d.metric("dedup_dead_lettered_total") >= 20.0 && d.metric("dedup_committed_offset") >= 20.0
+    });
+    assert_eq!(dedup.metric("dedup_published_total"), 0.0);
+
+    kafka.alter_topic_config(&output, &[("max.message.bytes", "1000000")]);
+    let dead = kafka.read_all(&dlq, 1, 20, Duration::from_secs(1));
+    assert_eq!(dead.len(), 20);
+    let replay: Vec<Produced> = dead
+        .iter()
+        .map(|m| Produced {
+            partition: 0,
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+        })
+        .collect();
+    kafka.produce(&input, &replay);
+    dedup.wait_until("the replay published", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= 40.0 && d.metric("dedup_in_flight_messages") == 0.0
+    });
+    assert_eq!(
+        dedup.metric("dedup_events_total{outcome=\"duplicate\"}"),
+        0.0,
+        "a replayed event was dropped as a duplicate of itself"
+    );
+    assert!(dedup.terminate().success());
+    let published = kafka.read_all(&output, 1, 20, Duration::from_secs(2));
+    let expected: Vec<String> = (0..20).map(|i| format!("e{i:02}")).collect();
+    assert_eq!(uuids(&published), expected, "each replayed event once");
+}
+
+/// A message no broker will ever take (1.5 MB, above the producer's `message.max.bytes`)
+/// among normal ones, without a dead-letter topic: it is skipped after its attempts,
+/// logged and counted with its reason, and the partition's commits move past it (before:
+/// retried for ever, commits frozen, everything after it republished at each restart).
+#[test]
+fn a_message_that_can_never_be_published_is_skipped_and_commits_advance() {
+    let kafka = TestKafka::start();
+    for guarantee in ["at-least-once", "exactly-once"] {
+        let input = kafka.topic("in", 1);
+        let output = kafka.topic("out", 1);
+        let dir = tempfile::tempdir().unwrap();
+        let spec = DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join("store"))
+            .env("DEDUP_WINDOW", "0")
+            .env("OUTPUT_GUARANTEE", guarantee)
+            .env("PUBLISH_MAX_ATTEMPTS", "3")
+            .env("KAFKA_PRODUCER_PROPERTIES", "message.max.bytes=1000000");
+        let mut messages: Vec<Produced> = (0..10)
+            .map(|i| {
+                event_at(
+                    0,
+                    &format!("e{i:02}"),
+                    &format!("user-{i}"),
+                    1_700_000_000_000 + i,
+                )
+            })
+            .collect();
+        let huge = format!(
+            r#"{{"uuid":"huge","distinct_id":"big","token":"tok","event":"$pageview","timestamp":1700000000000,"properties":{{"blob":"{}"}}}}"#,
+            "x".repeat(1_500_000)
+        );
+        messages.insert(
+            5,
+            Produced {
+                partition: 0,
+                key: Some(b"big".to_vec()),
+                payload: Some(huge.into_bytes()),
+            },
+        );
+        kafka.produce(&input, &messages);
+        let mut dedup = spec.spawn(dir.path(), guarantee);
+        dedup.wait_until("every offset committed", WAIT, |d| {
+            d.metric("dedup_committed_offset") >= 11.0
+                && d.metric("dedup_in_flight_messages") == 0.0
+        });
+        assert_eq!(
+            dedup.metric("dedup_publish_skipped_total{reason=\"message_too_large\"}"),
+            1.0,
+            "{guarantee}"
+        );
+        assert_eq!(dedup.metric("dedup_published_total"), 10.0, "{guarantee}");
+        let log = std::fs::read_to_string(&dedup.log).unwrap_or_default();
+        assert!(
+            log.contains("the message can never be published; skipped"),
+            "{guarantee}: {log}"
+        );
+        assert!(dedup.terminate().success());
+        let published = kafka.read_all(&output, 1, 10, Duration::from_secs(2));
+        assert_eq!(published.len(), 10, "{guarantee}");
+    }
+}
+
+/// A user's mistake: the output or dead-letter topic does not exist (and the cluster does
+/// not create topics). Start-up fails at once with status 1 and one error naming the
+/// setting and the topic, instead of consuming and retrying for ever without a word.
+#[test]
+fn a_missing_output_or_dead_letter_topic_is_named_at_start() {
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", 1);
+    let output = kafka.topic("out", 1);
+    let dir = tempfile::tempdir().unwrap();
+    for (setting, missing_output) in [("OUTPUT_TOPIC", true), ("DEAD_LETTER_TOPIC", false)] {
+        let missing = format!("no-such-topic-{}", std::process::id());
+        let mut spec = DedupSpec::new(
+            &kafka,
+            &input,
+            Some(if missing_output { &missing } else { &output }),
+            &dir.path().join(setting),
+        );
+        if !missing_output {
+            spec.dead_letter = Some(missing.clone());
+        }
+        let dedup = spec.spawn(dir.path(), setting);
+        let log = dedup.log.clone();
+        let status = dedup
+            .wait_for_exit(Duration::from_secs(60))
+            .expect("start-up fails instead of running");
+        assert_eq!(status.code(), Some(1));
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            log.contains(&format!(
+                "{setting} names topic `{missing}`, which does not exist"
+            )),
+            "{log}"
+        );
+        assert_eq!(
+            kafka.committed_total(&spec.group, &input, 1),
+            0,
+            "nothing consumed"
+        );
+    }
+}

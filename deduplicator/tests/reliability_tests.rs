@@ -590,7 +590,7 @@ fn older_volume_rejoins(kafka: TestKafka, refuse_the_first_offset_read: bool) {
     if refuse_the_first_offset_read {
         assert!(
             log.contains("could not read committed offsets")
-                && log.contains("committed offset read after the assignment")
+                && log.contains("committed offset read in the partition's task")
                 && log.contains("replaying the gap in catch-up mode"),
             "the refused read was not retried, or the gap not caught up:\n{log}"
         );

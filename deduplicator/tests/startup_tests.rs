@@ -62,6 +62,8 @@ fn each_bad_setting_is_named_with_its_accepted_form() {
         ("TRANSACTION_TIMEOUT", "1 minute", "with a unit"),
         ("COMMIT_INTERVAL", "often", "with a unit"),
         ("COMMIT_INTERVAL", "0", "above 0"),
+        ("MAX_EVENT_TIME_SKEW", "an hour", "with a unit"),
+        ("CATCH_UP_MAX_MESSAGES", "all", "invalid digit"),
     ];
     for (variable, value, form) in cases {
         let (code, stderr) = run_with(&[(variable, value)]);

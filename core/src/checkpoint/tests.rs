@@ -460,6 +460,82 @@ mod transfer_tests {
     }
 
     #[tokio::test]
+    async fn gc_by_a_writer_that_lost_the_partition_deletes_nothing() {
+        let mut f = Fixture::new();
+        for _ in 0..4 {
+            f.write(300);
+            f.checkpoint_and_upload(UploadKind::Incremental).await;
+        }
+        let prefix = format!("{PREFIX}/events/");
+        let before = f.remote.list(&prefix).await.unwrap();
+        let owner = std::sync::atomic::AtomicBool::new(false);
+        let stats = transfer::collect_garbage_while(&f.remote, PREFIX, "events", 0, 1, || {
+            owner.load(std::sync::atomic::Ordering::SeqCst)
+        })
+        .await
+        .unwrap();
+        assert_eq!(stats, transfer::GcStats::default());
+        assert_eq!(
+            f.remote.list(&prefix).await.unwrap(),
+            before,
+            "nothing deleted after the fence"
+        );
+    }
+
+    #[tokio::test]
+    async fn gc_deletes_no_file_while_a_kept_manifest_is_unreadable() {
+        let mut f = Fixture::new();
+        for _ in 0..3 {
+            f.write(500);
+            f.checkpoint_and_upload(UploadKind::Incremental).await;
+        }
+        // A newer version's manifest (another format) arrives during a rolling upgrade;
+        // it references files of its own that this version cannot see.
+        let newer = format!("{PREFIX}/events/0/manifests/9999999999999-zz.json");
+        f.remote
+            .put_bytes(
+                &newer,
+                br#"{"format_version": 99, "files": "elsewhere"}"#.to_vec(),
+            )
+            .await
+            .unwrap();
+        let its_file = format!("{PREFIX}/events/0/files/written-by-the-newer-version.sst");
+        f.remote.put_bytes(&its_file, vec![7; 64]).await.unwrap();
+        let before = f
+            .remote
+            .list(&format!("{PREFIX}/events/0/files/"))
+            .await
+            .unwrap();
+
+        let stats = transfer::collect_garbage(&f.remote, PREFIX, "events", 0, 2)
+            .await
+            .unwrap();
+        assert_eq!(stats.unreadable_manifests, 1);
+        assert_eq!(stats.files_deleted, 0);
+        assert_eq!(stats.manifests_deleted, 1, "older manifests still go");
+        let after = f
+            .remote
+            .list(&format!("{PREFIX}/events/0/files/"))
+            .await
+            .unwrap();
+        assert_eq!(after, before, "no file deleted");
+
+        // Once it is no longer among the kept ones, collection resumes.
+        for _ in 0..2 {
+            f.write(10);
+            f.checkpoint_and_upload(UploadKind::Incremental).await;
+        }
+        // The unreadable one sorts newest by name: remove it as an operator would after
+        // the rollback, then collection works again.
+        f.remote.delete(&newer).await.unwrap();
+        let stats = transfer::collect_garbage(&f.remote, PREFIX, "events", 0, 2)
+            .await
+            .unwrap();
+        assert_eq!(stats.unreadable_manifests, 0);
+        assert!(stats.files_deleted >= 1);
+    }
+
+    #[tokio::test]
     async fn a_local_store_at_least_as_far_ahead_is_kept() {
         let mut f = Fixture::new();
         f.write(100);

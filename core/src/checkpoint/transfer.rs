@@ -51,6 +51,9 @@ pub struct RemoteState {
     pub incrementals_since_full: usize,
     /// The newest readable manifest.
     pub newest: Option<CheckpointManifest>,
+    /// Manifests present but unreadable (damaged, or a newer format written during a
+    /// rolling upgrade): what they reference is unknown.
+    pub unreadable: Vec<String>,
 }
 
 /// Reads every manifest of a partition (newest first); unreadable ones are skipped.
@@ -67,6 +70,7 @@ pub async fn remote_state<R: CheckpointRemote>(
             continue;
         };
         let Ok(manifest) = CheckpointManifest::from_json(&bytes) else {
+            state.unreadable.push(key);
             continue;
         };
         if manifest.kind == UploadKind::Full {
@@ -460,10 +464,19 @@ fn replace_dir(staging: &Path, target: &Path) -> std::io::Result<()> {
 pub struct GcStats {
     pub manifests_deleted: usize,
     pub files_deleted: usize,
+    /// Kept manifests that could not be read: while there is one, no file is deleted.
+    pub unreadable_manifests: usize,
 }
 
-/// Keeps the newest `keep` manifests of a partition and every file they reference;
-/// deletes the older manifests (first) and every file no kept manifest references.
+/// Keeps the newest `keep` readable manifests of a partition and every file they
+/// reference; deletes the older manifests (first) and every file no kept manifest
+/// references.
+///
+/// A manifest that cannot be read (damaged, or a newer format written by a newer version
+/// during a rolling upgrade) and is newer than the oldest kept one is kept too, and may
+/// reference any file: while there is one, no file is deleted (reported in
+/// [`GcStats::unreadable_manifests`]). Once `keep` newer readable manifests exist it is
+/// an old manifest like any other, deleted, and collection resumes.
 pub async fn collect_garbage<R: CheckpointRemote>(
     remote: &R,
     key_prefix: &str,
@@ -471,17 +484,55 @@ pub async fn collect_garbage<R: CheckpointRemote>(
     partition: i32,
     keep: usize,
 ) -> Result<GcStats, RemoteError> {
-    let manifests = list_manifest_keys(remote, key_prefix, topic, partition).await?;
+    collect_garbage_while(remote, key_prefix, topic, partition, keep, || true).await
+}
+
+/// [`collect_garbage`], asking `still_owner` before every delete and stopping as soon as
+/// it says no: a writer that loses the partition mid-collection deletes nothing more
+/// (the new owner may be uploading).
+pub async fn collect_garbage_while<R: CheckpointRemote>(
+    remote: &R,
+    key_prefix: &str,
+    topic: &str,
+    partition: i32,
+    keep: usize,
+    still_owner: impl Fn() -> bool,
+) -> Result<GcStats, RemoteError> {
     let mut stats = GcStats::default();
-    for old in manifests.iter().skip(keep) {
-        remote.delete(old).await?;
+    let mut readable_kept = 0;
+    let mut referenced = HashSet::new();
+    let mut old = Vec::new();
+    for key in list_manifest_keys(remote, key_prefix, topic, partition).await? {
+        let Some(bytes) = remote.get_bytes(&key).await? else {
+            continue; // deleted meanwhile
+        };
+        let kept = readable_kept < keep;
+        match CheckpointManifest::from_json(&bytes) {
+            Ok(manifest) if kept => {
+                readable_kept += 1;
+                referenced.extend(manifest.files.into_iter().map(|f| f.remote_key));
+            }
+            Err(_) if kept => stats.unreadable_manifests += 1,
+            _ => old.push(key),
+        }
+    }
+    for key in &old {
+        if !still_owner() {
+            return Ok(stats);
+        }
+        remote.delete(key).await?;
         stats.manifests_deleted += 1;
     }
-    let referenced = referenced_files(remote, key_prefix, topic, partition).await?;
+    if stats.unreadable_manifests > 0 {
+        return Ok(stats);
+    }
     let prefix = partition_prefix(key_prefix, topic, partition);
     for key in remote.list(&format!("{prefix}/files/")).await? {
         let relative = key.strip_prefix(&format!("{prefix}/")).unwrap_or(&key);
         if !referenced.contains(relative) {
+            if !still_owner() {
+                return Ok(stats);
+            }
             remote.delete(&key).await?;
             stats.files_deleted += 1;
         }

@@ -8,7 +8,10 @@
 //!   and no unique event is lost whatever order store write, publish and commit happen in.
 //! - `meta`: the next offset to consume and the store format. The next offset is written
 //!   in the same write batch as the keys of the batch it follows, so the store (and every
-//!   checkpoint of it) always knows which offset it is consistent with.
+//!   checkpoint of it) always knows which offset it is consistent with. Also the
+//!   *finished* offset: every message below it had its outcome made final (published and
+//!   acknowledged, or a known duplicate). The next offset does not mean that: keys are
+//!   written before their messages are published.
 //!
 //! What this module does not do: talk to Kafka, decide what to publish, or schedule
 //! retention. The pipeline calls [`PartitionStore::check_and_insert`] per batch and
@@ -33,6 +36,7 @@ pub use retention::Eviction;
 const KEYS_CF: &str = "keys";
 const META_CF: &str = "meta";
 const NEXT_OFFSET: &[u8] = b"next_offset";
+const FINISHED_OFFSET: &[u8] = b"finished_offset";
 const FORMAT: &[u8] = b"format";
 /// Bumped when the meaning of stored bytes changes; a store of another format is refused.
 const FORMAT_VERSION: u32 = 1;
@@ -216,6 +220,45 @@ impl PartitionStore {
                 &self.write_opts,
             )
             .map_err(|source| self.rocks_err(source))
+    }
+
+    /// Forgets `key` if it was first seen at `offset`: its message could not be
+    /// published and went to the dead-letter topic, so the event was never output, and
+    /// replaying it from there must find it new. Returns whether it was forgotten.
+    pub fn forget(&self, key: &StoredKey, offset: i64) -> Result<bool, StoreError> {
+        let mut recent = self.recent();
+        if self.first_offset(key)? != Some(offset) {
+            return Ok(false);
+        }
+        self.db
+            .delete_cf_opt(self.cf(KEYS_CF)?, key, &self.write_opts)
+            .map_err(|source| self.rocks_err(source))?;
+        recent.remove(key);
+        Ok(true)
+    }
+
+    /// Records that every message below `offset` is finished: published and
+    /// acknowledged, or a known duplicate. Written with the store's other metadata (and
+    /// flushed with it), so a store never claims more than it had when it was flushed.
+    pub fn record_finished_offset(&self, offset: i64) -> Result<(), StoreError> {
+        let _writes = self.recent();
+        self.db
+            .put_cf_opt(
+                self.cf(META_CF)?,
+                FINISHED_OFFSET,
+                offset.to_be_bytes(),
+                &self.write_opts,
+            )
+            .map_err(|source| self.rocks_err(source))
+    }
+
+    /// The offset below which every message is known to be finished, if one was recorded.
+    pub fn finished_offset(&self) -> Result<Option<i64>, StoreError> {
+        let value = self
+            .db
+            .get_pinned_cf(self.cf(META_CF)?, FINISHED_OFFSET)
+            .map_err(|source| self.rocks_err(source))?;
+        value.map(|bytes| self.decode_offset(&bytes)).transpose()
     }
 
     /// The next offset to consume that this store is consistent with, if any batch was

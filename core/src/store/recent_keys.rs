@@ -46,6 +46,12 @@ impl RecentKeys {
         }
     }
 
+    /// Drops `key` (its insertion-order entry stays until it is popped; it then removes
+    /// nothing or a newer entry of the key early, which only shortens its caching).
+    pub(crate) fn remove(&mut self, key: &StoredKey) {
+        self.offsets.remove(key);
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.offsets.len()

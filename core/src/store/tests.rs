@@ -353,3 +353,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_finished_offset_is_kept_apart_from_the_next_offset() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = open(&dir, &unlimited());
+        assert_eq!(store.finished_offset().unwrap(), None);
+        store.check_and_insert(&[(key(1, "a"), 0)], 10).unwrap();
+        store.record_finished_offset(4).unwrap();
+        store.close().unwrap();
+    }
+    let store = open(&dir, &unlimited());
+    assert_eq!(store.next_offset().unwrap(), Some(10));
+    assert_eq!(store.finished_offset().unwrap(), Some(4));
+}
+
+#[test]
+fn a_forgotten_key_is_new_again_but_only_for_its_own_offset() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, &unlimited());
+    let k = key(7, "dead-lettered");
+    store.check_and_insert(&[(k, 3)], 4).unwrap();
+    // Another offset's message does not own the key.
+    assert!(!store.forget(&k, 9).unwrap());
+    assert_eq!(
+        store.check_and_insert(&[(k, 10)], 11).unwrap(),
+        [Outcome::Duplicate { first_offset: 3 }]
+    );
+    assert!(store.forget(&k, 3).unwrap());
+    // Replayed from the dead-letter topic at a new offset: new, also through the cache.
+    assert_eq!(
+        store.check_and_insert(&[(k, 20)], 21).unwrap(),
+        [Outcome::Unique]
+    );
+}

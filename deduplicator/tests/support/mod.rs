@@ -180,6 +180,38 @@ impl TestKafka {
             .sum()
     }
 
+    /// Deletes `topic` on the real broker and waits until it is gone.
+    pub fn delete_topic(&self, topic: &str) {
+        let results = self
+            .admin(|admin| async move { admin.delete_topics(&[topic], &AdminOptions::new()).await })
+            .expect("delete topic");
+        for result in results {
+            result.expect("delete topic");
+        }
+    }
+
+    /// Creates `topic` (this exact name) on the real broker, retrying while a deletion of
+    /// the same name is still in progress.
+    pub fn create_topic_named(&self, topic: &str, partitions: i32) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+            let results = self
+                .admin(
+                    |admin| async move { admin.create_topics([&new], &AdminOptions::new()).await },
+                )
+                .expect("create topic");
+            match results.into_iter().next() {
+                Some(Ok(_)) => return,
+                Some(Err((_, error))) if Instant::now() < deadline => {
+                    eprintln!("creating {topic} again: {error:?}; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => panic!("create topic {topic}: {other:?}"),
+            }
+        }
+    }
+
     /// Changes topic-level settings of `topic` on the real broker.
     pub fn alter_topic_config(&self, topic: &str, config: &[(&str, &str)]) {
         let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
@@ -598,6 +630,22 @@ impl Dedup {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its status, or `None`
+    /// (then it is killed).
+    pub fn wait_for_exit(mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     /// `kill -9`.
