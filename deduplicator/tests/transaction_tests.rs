@@ -342,3 +342,80 @@ fn exactly_once_survives_crashes_and_a_handover() {
         "a read_committed reader saw an event twice"
     );
 }
+
+/// A member whose store is a wave behind (an older volume) catches up in exactly-once
+/// mode: the catch-up messages lie below the group's committed offset, and their offsets
+/// must never go into a transaction, which would move the committed offset back (and a
+/// crash would then publish them again). The member is killed in the middle of its
+/// catch-up, with transactions of 10 messages, so that any transaction carrying
+/// catch-up offsets would have committed some: the group's committed offsets must still
+/// be where they were.
+#[test]
+fn catch_up_offsets_never_move_the_committed_offset_back() {
+    let Some(kafka) = TestKafka::start_real() else {
+        return;
+    };
+    let input = kafka.topic("in", PARTITIONS);
+    let output = kafka.topic("out", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |store: &str| {
+        DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join(store))
+            .env("OUTPUT_GUARANTEE", "exactly-once")
+            .env("DEDUP_WINDOW", "0")
+    };
+    let waves: Vec<Vec<GenEvent>> = (0..3u64)
+        .map(|w| generate(8_000, 0, PARTITIONS, 301 + w, &format!("cu{w}")))
+        .collect();
+    let produce = |wave: &[GenEvent]| {
+        kafka.produce(
+            &input,
+            &wave.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+        )
+    };
+    let run_to = |store: &str, name: &str, committed: usize| {
+        let mut dedup = spec(store).spawn(dir.path(), name);
+        dedup.wait_until("the wave committed", WAIT, |d| {
+            d.metric("dedup_committed_offset") >= committed as f64 - 0.5
+        });
+        assert!(dedup.terminate().success());
+    };
+    produce(&waves[0]);
+    run_to("a", "a-0", 8_000);
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir.path().join("a"))
+        .arg(dir.path().join("b"))
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    produce(&waves[1]);
+    run_to("a", "a-1", 16_000);
+    let group = spec("b").group;
+    assert_eq!(kafka.committed_total(&group, &input, PARTITIONS), 16_000);
+
+    // The older volume: 8,000 messages of catch-up; killed a part of the way through.
+    let mut behind = spec("b")
+        .env("TRANSACTION_MAX_MESSAGES", "10")
+        .env("BATCH_SIZE", "10")
+        .spawn(dir.path(), "b-killed");
+    behind.wait_until("catching up", WAIT, |d| {
+        d.metric("dedup_catch_up_messages_total") >= 500.0
+    });
+    let caught_up = behind.metric("dedup_catch_up_messages_total");
+    behind.kill9();
+    let committed = kafka.committed_total(&group, &input, PARTITIONS);
+    assert!(
+        committed >= 16_000,
+        "catch-up offsets moved the committed offsets back to {committed} (killed after {caught_up} catch-up messages)"
+    );
+
+    produce(&waves[2]);
+    run_to("b", "b", 24_000);
+    let events: Vec<GenEvent> = waves.into_iter().flatten().collect();
+    let published = kafka.read_all(&output, PARTITIONS, events.len(), Duration::from_secs(2));
+    assert_eq!(
+        verify_no_loss(&events, &published),
+        0,
+        "an event published twice"
+    );
+}
