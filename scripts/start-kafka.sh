@@ -41,9 +41,13 @@ if [ ! -f "$libs/.complete" ]; then
   say "resolving Apache Kafka $KAFKA_VERSION from Maven Central into $libs"
   rm -rf "$libs"
   mkdir -p "$libs"
-  mvn -B -q -Dstyle.color=never -f scripts/kafka/pom.xml dependency:copy-dependencies \
-    -Dkafka.version="$KAFKA_VERSION" -DincludeScope=runtime -DoutputDirectory="$libs" >&2 ||
+  mkdir -p "$state"
+  if ! mvn -B -q -f scripts/kafka/pom.xml dependency:copy-dependencies \
+    -Dkafka.version="$KAFKA_VERSION" -DincludeScope=runtime -DoutputDirectory="$libs" \
+    >"$state/mvn.log" 2>&1; then
+    log="$state/mvn.log"
     fail "mvn could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION"
+  fi
   touch "$libs/.complete"
 fi
 

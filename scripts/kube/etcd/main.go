@@ -1,0 +1,14 @@
+// The etcd server of the tests' Kubernetes control plane (scripts/start-kube.sh): the same
+// entry point as etcd's own binary (go.etcd.io/etcd/v3's main.go), built from the server
+// module at the version required in ../go.mod.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() {
+	etcdmain.Main(os.Args)
+}
