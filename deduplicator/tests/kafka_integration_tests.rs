@@ -187,16 +187,7 @@ fn catch_up_replays_the_gap_without_publishing() {
         d.metric("dedup_catch_up_messages_total") >= 4_000.0
     });
     // Copies of the gap's events (new uuids) must now be known duplicates.
-    let copies: Vec<GenEvent> = events
-        .iter()
-        .take(500)
-        .enumerate()
-        .map(|(i, e)| GenEvent {
-            uuid: format!("t4-copy-{i}"),
-            is_copy: true,
-            ..e.clone()
-        })
-        .collect();
+    let copies = copies_of(&events[..500], "t4-copy");
     kafka.produce(
         &input,
         &copies.iter().map(GenEvent::produced).collect::<Vec<_>>(),
@@ -443,18 +434,6 @@ fn an_in_flight_bound_below_the_partition_count_does_not_starve_busy_partitions(
     assert_eq!(verify_no_loss(&events, &published), 0);
 }
 
-/// Copies, with new uuids, of `events` (same keys): what a retrying client sends again.
-fn copies_of(events: &[GenEvent], tag: &str) -> Vec<GenEvent> {
-    events
-        .iter()
-        .map(|e| GenEvent {
-            uuid: format!("{}-{tag}", e.uuid),
-            is_copy: true,
-            ..e.clone()
-        })
-        .collect()
-}
-
 /// A partition that moves to a process with an empty store and no checkpoint remote (or
 /// whose restore failed) rebuilds the keys of the last DEDUP_WINDOW by catch-up replay
 /// before it publishes: copies of events published before the move are still dropped.
@@ -489,7 +468,7 @@ fn a_partition_moved_to_an_empty_store_rebuilds_the_window_by_catch_up() {
     assert!(first.terminate().success(), "A leaves the group");
 
     // Every event again, as copies; the partitions' new owner has an empty store.
-    let copies = copies_of(&events, "again");
+    let copies = copies_of(&events, "mv-again");
     kafka.produce(
         &input,
         &copies.iter().map(GenEvent::produced).collect::<Vec<_>>(),
