@@ -297,12 +297,15 @@ impl PartitionWorker {
                 None => ackable.ack(), // no output topic: deduplicate and count only
                 Some(first) => {
                     let publisher = Arc::clone(publisher);
-                    let store = Arc::clone(&self.store);
+                    // Only an output message can end in the dead-letter topic by failing.
+                    let forget = stored_key
+                        .filter(|_| target == Target::Output && publisher.has_dead_letter())
+                        .map(|key| (Arc::clone(&self.store), key));
                     deliveries.spawn(async move {
                         match publisher.deliver(&message, target, first).await {
                             Delivered::Output | Delivered::Skipped => ackable.ack(),
                             Delivered::DeadLetter => {
-                                if let (Target::Output, Some(key)) = (target, stored_key) {
+                                if let Some((store, key)) = forget {
                                     forget_dead_lettered(&store, &key, &message);
                                 }
                                 ackable.nack()

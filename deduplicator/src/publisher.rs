@@ -44,6 +44,24 @@ pub enum Delivered {
     Skipped,
 }
 
+/// Counts and logs a message skipped because no broker will ever take it (`reason`, from
+/// [`is_permanent`]) after `attempts` tries; its offset is committed.
+pub(crate) fn report_skipped(
+    metrics: &Metrics,
+    message: &OwnedMessage,
+    error: &KafkaError,
+    reason: &'static str,
+    attempts: u32,
+) {
+    metrics
+        .publish_skipped
+        .get_or_create(&crate::metrics::ReasonLabels { reason })
+        .inc();
+    tracing::error!(partition = message.partition(), offset = message.offset(), %error,
+        attempts, reason, bytes = message.payload().map_or(0, <[u8]>::len),
+        "the message can never be published; skipped (its offset is committed)");
+}
+
 /// A failure no retry can mend: the message itself is refused.
 pub(crate) fn is_permanent(error: &KafkaError) -> Option<&'static str> {
     let code = match error {
@@ -152,13 +170,7 @@ impl Publisher {
                 failures >= self.max_attempts
                     && (target != Target::Output || self.dead_letter_topic.is_none())
             }) {
-                self.metrics
-                    .publish_skipped
-                    .get_or_create(&crate::metrics::ReasonLabels { reason })
-                    .inc();
-                tracing::error!(partition = message.partition(), offset = message.offset(), %error,
-                    attempts = failures, reason, ?target, bytes = message.payload().map_or(0, <[u8]>::len),
-                    "the message can never be published; skipped (its offset is committed)");
+                report_skipped(&self.metrics, message, &error, reason, failures);
                 return Delivered::Skipped;
             }
             if target == Target::Output

@@ -271,11 +271,18 @@ impl RebalanceHandler {
     fn assign<C: Consumer<DedupContext>>(&self, consumer: &C, tpl: &mut TopicPartitionList) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let topic = self.pipeline.config.kafka_consumer_topic.clone();
-        let committed = match consumer.committed_offsets(tpl.clone(), COMMITTED_OFFSETS_TIMEOUT) {
-            Ok(committed) => Some(committed),
-            Err(error) => {
-                tracing::warn!(%error, "could not read committed offsets; each partition reads its own before consuming");
-                None
+        // Exactly-once reads them in each partition's task, after its producer has fenced
+        // the previous owner, whose last transaction may still be committing offsets now.
+        let exactly_once = self.pipeline.config.exactly_once();
+        let committed = if exactly_once {
+            None
+        } else {
+            match consumer.committed_offsets(tpl.clone(), COMMITTED_OFFSETS_TIMEOUT) {
+                Ok(committed) => Some(committed),
+                Err(error) => {
+                    tracing::warn!(%error, "could not read committed offsets; each partition reads its own before consuming");
+                    None
+                }
             }
         };
         let Some(stream_consumer) = self.consumer.get().and_then(Weak::upgrade) else {
@@ -290,10 +297,6 @@ impl RebalanceHandler {
             .collect();
         for partition in assigned {
             let committed_offset = match &committed {
-                // Exactly-once: read again in the partition's task, after its producer
-                // has fenced the previous owner, whose last transaction may still be
-                // committing offsets now.
-                _ if self.pipeline.config.exactly_once() => Committed::Unknown,
                 Some(list) => Committed::Known(offset_in(list, &topic, partition)),
                 None => Committed::Unknown,
             };

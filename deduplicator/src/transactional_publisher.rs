@@ -30,7 +30,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::publisher::{backoff, client_id, is_permanent, send, Target};
+use crate::publisher::{backoff, client_id, is_permanent, report_skipped, send, Target};
 
 /// A partition's output transactions.
 pub struct TransactionalPublisher {
@@ -185,12 +185,7 @@ impl TransactionalPublisher {
             if let Some(reason) = is_permanent(error) {
                 // Refused before it was sent (larger than the producer's message.max.bytes):
                 // no retry or abort can mend it, and aborting would only repeat it.
-                self.metrics
-                    .publish_skipped
-                    .get_or_create(&crate::metrics::ReasonLabels { reason })
-                    .inc();
-                tracing::error!(partition = message.partition(), offset = message.offset(), %error, reason,
-                    "the message can never be published; skipped (its offset commits with the transaction)");
+                report_skipped(&self.metrics, &message, error, reason, 1);
                 self.open(message.offset());
                 return;
             }

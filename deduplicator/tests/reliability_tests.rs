@@ -565,13 +565,7 @@ fn older_volume_rejoins(kafka: TestKafka, refuse_the_first_offset_read: bool) {
     };
     run("a", &waves[0], "a-0");
     // An older copy of the volume: its stores stop after the first wave.
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(dir.path().join("a"))
-        .arg(dir.path().join("b"))
-        .status()
-        .expect("cp");
-    assert!(copied.success());
+    copy_dir(&dir.path().join("a"), &dir.path().join("b"));
     run("a", &waves[1], "a-1");
     // The member on the older volume; its first committed-offset read is refused.
     if let Some(mock) = kafka.mock().filter(|_| refuse_the_first_offset_read) {

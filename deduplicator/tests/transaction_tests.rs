@@ -381,13 +381,7 @@ fn catch_up_offsets_never_move_the_committed_offset_back() {
     };
     produce(&waves[0]);
     run_to("a", "a-0", 8_000);
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(dir.path().join("a"))
-        .arg(dir.path().join("b"))
-        .status()
-        .expect("cp");
-    assert!(copied.success());
+    copy_dir(&dir.path().join("a"), &dir.path().join("b"));
     produce(&waves[1]);
     run_to("a", "a-1", 16_000);
     let group = spec("b").group;

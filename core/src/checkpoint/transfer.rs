@@ -51,9 +51,6 @@ pub struct RemoteState {
     pub incrementals_since_full: usize,
     /// The newest readable manifest.
     pub newest: Option<CheckpointManifest>,
-    /// Manifests present but unreadable (damaged, or a newer format written during a
-    /// rolling upgrade): what they reference is unknown.
-    pub unreadable: Vec<String>,
 }
 
 /// Reads every manifest of a partition (newest first); unreadable ones are skipped.
@@ -70,7 +67,6 @@ pub async fn remote_state<R: CheckpointRemote>(
             continue;
         };
         let Ok(manifest) = CheckpointManifest::from_json(&bytes) else {
-            state.unreadable.push(key);
             continue;
         };
         if manifest.kind == UploadKind::Full {

@@ -1014,6 +1014,22 @@ pub fn unique_keys(events: &[GenEvent]) -> HashMap<String, String> {
     originals
 }
 
+/// `cp -a from to`: a copy of a volume (an older one, once the original moves on).
+pub fn copy_dir(from: &Path, to: &Path) {
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(
+        copied.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
 /// Copies (new uuid, same key) of the given events.
 pub fn copies_of(events: &[GenEvent], tag: &str) -> Vec<GenEvent> {
     events
