@@ -12,6 +12,12 @@ packages=(
 # The test Kafka broker (scripts/start-kafka.sh) runs on Java 17+, resolved by Maven.
 command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
+# The test control plane (scripts/start-kube.sh): certificates and health checks.
+packages+=(openssl curl)
+# Go builds etcd, Kubernetes and kwok from the Go module proxy. Debian's Go may be older
+# than the modules need: GOTOOLCHAIN=auto (Go's default) then fetches the Go release
+# their go.mod asks for, from the same proxy.
+command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || packages+=(golang-go)
 # pip, only if this machine's python3 has none.
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 missing=()

@@ -3,7 +3,10 @@
 # production:
 # - S3: moto_server on port DEDUP_TEST_S3_PORT (5000);
 # - Kafka: a single-node Apache Kafka broker in KRaft mode (scripts/start-kafka.sh) on
-#   port DEDUP_TEST_KAFKA_PORT (19092).
+#   port DEDUP_TEST_KAFKA_PORT (19092);
+# - Kubernetes: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok's
+#   fake node (scripts/start-kube.sh), the API server on DEDUP_TEST_KUBE_PORT (16443);
+#   it also puts kubectl on PATH.
 # Services already started by this script are reused.
 #
 # Progress goes to standard error. Standard output gets only `export NAME=value` lines,
@@ -39,6 +42,10 @@ echo "S3 (moto) on http://127.0.0.1:$s3_port" >&2
 # Kafka
 kafka_exports=$(scripts/start-kafka.sh)
 
+# Kubernetes
+kube_exports=$(scripts/start-kube.sh)
+
 echo "export DEDUP_TEST_STATE=$state"
 echo "export DEDUP_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port"
 echo "$kafka_exports"
+echo "$kube_exports"

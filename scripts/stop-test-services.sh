@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Stops what scripts/start-test-services.sh started (moto_server, the Kafka broker).
+# Stops what scripts/start-test-services.sh started (moto_server, the Kafka broker, the
+# Kubernetes control plane).
 set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/stop-kube.sh
 state="${DEDUP_TEST_STATE:-${TMPDIR:-/tmp}/kafka-deduplicator-test-services}"
 for name in kafka moto; do
   pid_file="$state/$name.pid"

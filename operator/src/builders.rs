@@ -20,8 +20,9 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretEnvSource, SecretKeySelector,
-    SecurityContext, Service, ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -391,6 +392,11 @@ pub fn stateful_set(cluster: &DedupCluster, owner: &OwnerReference) -> StatefulS
                         run_as_user: Some(RUN_AS_USER),
                         run_as_group: Some(RUN_AS_USER),
                         fs_group: Some(RUN_AS_USER),
+                        // Pod Security `restricted` requires a seccomp profile.
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
                         ..PodSecurityContext::default()
                     }),
                     ..PodSpec::default()

@@ -41,6 +41,14 @@ const RESYNC: Duration = Duration::from_secs(300);
 pub enum Error {
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
+    /// The server refused to apply a child; the message is the server's.
+    #[error("applying {kind} {name}: {}", api_message(.source))]
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("serializing {kind}: {source}")]
     Serialize {
         kind: String,
@@ -55,9 +63,18 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
+            Error::Apply { .. } => "apply",
             Error::Serialize { .. } => "serialize",
             Error::MissingObjectKey => "missing_object_key",
         }
+    }
+}
+
+/// The server's own words for a refused request (its Status message), else the error.
+fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
     }
 }
 
@@ -117,35 +134,21 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
     }
 
     let owner = builders::owner_reference(cluster).ok_or(Error::MissingObjectKey)?;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    apply(
-        &ctx.client,
-        &namespace,
-        &params,
-        &builders::config_map(cluster, &owner),
-    )
-    .await?;
-    apply(
-        &ctx.client,
-        &namespace,
-        &params,
-        &builders::service(cluster, &owner),
-    )
-    .await?;
-    let statefulset = apply(
-        &ctx.client,
-        &namespace,
-        &params,
-        &builders::stateful_set(cluster, &owner),
-    )
-    .await?;
-    apply(
-        &ctx.client,
-        &namespace,
-        &params,
-        &builders::pod_disruption_budget(cluster, &owner),
-    )
-    .await?;
+    let statefulset = match apply_children(ctx, cluster, &namespace, &owner).await {
+        Ok(statefulset) => statefulset,
+        Err(error) => {
+            // The server refused a child (admission, quota, RBAC, an immutable field):
+            // say so in the status, then let the error policy retry with backoff.
+            let message = error.to_string();
+            tracing::warn!(%namespace, %name, error = %message, "applying a child failed");
+            let status = failed_status(cluster, &previous, "ApplyFailed", &message);
+            if status != previous {
+                publish_event(ctx, cluster, EventType::Warning, "ApplyFailed", &message).await;
+                write_status(&clusters, &name, &status).await?;
+            }
+            return Err(error);
+        }
+    };
 
     ctx.metrics.note_success(&name);
     let status = observed_status(cluster, &previous, &statefulset, Timestamp::now());
@@ -168,9 +171,53 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
     Ok(Action::requeue(RESYNC))
 }
 
-/// Server-side apply of one child, skipped when the live object already holds every
-/// field we set (fields the server defaulted do not count as a difference); returns the
-/// object as the server has it. Skipping keeps a steady-state reconcile free of writes.
+/// Applies the ConfigMap, Service, StatefulSet and PodDisruptionBudget; returns the
+/// StatefulSet as the server has it.
+async fn apply_children(
+    ctx: &Context,
+    cluster: &DedupCluster,
+    namespace: &str,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Result<StatefulSet, Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let client = &ctx.client;
+    apply(
+        client,
+        namespace,
+        &params,
+        &builders::config_map(cluster, owner),
+    )
+    .await?;
+    apply(
+        client,
+        namespace,
+        &params,
+        &builders::service(cluster, owner),
+    )
+    .await?;
+    let statefulset = apply(
+        client,
+        namespace,
+        &params,
+        &builders::stateful_set(cluster, owner),
+    )
+    .await?;
+    apply(
+        client,
+        namespace,
+        &params,
+        &builders::pod_disruption_budget(cluster, owner),
+    )
+    .await?;
+    Ok(statefulset)
+}
+
+/// Server-side apply of one child, always: the server merges it with what other managers
+/// own, removes the fields this manager set before and no longer sets (a field removed
+/// from the spec leaves the child), and writes nothing when the result is unchanged (no
+/// new resourceVersion), so a steady-state reconcile costs requests but no writes.
+/// Comparing the wanted object with the live one instead cannot see a field that should
+/// be gone, and server defaulting and canonical quantities (`0.5` → `500m`) defeat it.
 async fn apply<K>(
     client: &Client,
     namespace: &str,
@@ -185,36 +232,15 @@ where
         + DeserializeOwned,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let kind = K::kind(&()).into_owned();
     let name = object.meta().name.clone().ok_or(Error::MissingObjectKey)?;
     let body = builders::typed_json(object).map_err(|source| Error::Serialize {
-        kind: K::kind(&()).into_owned(),
+        kind: kind.clone(),
         source,
     })?;
-    if let Some(live) = api.get_opt(&name).await? {
-        let live_json = serde_json::to_value(&live).map_err(|source| Error::Serialize {
-            kind: K::kind(&()).into_owned(),
-            source,
-        })?;
-        if is_subset(&body, &live_json) {
-            return Ok(live);
-        }
-    }
-    Ok(api.patch(&name, params, &Patch::Apply(&body)).await?)
-}
-
-/// Whether every field of `wanted` is in `live` with the same value (arrays element by
-/// element, same length).
-pub fn is_subset(wanted: &serde_json::Value, live: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (wanted, live) {
-        (Value::Object(w), Value::Object(l)) => w
-            .iter()
-            .all(|(k, v)| l.get(k).is_some_and(|lv| is_subset(v, lv))),
-        (Value::Array(w), Value::Array(l)) => {
-            w.len() == l.len() && w.iter().zip(l).all(|(wv, lv)| is_subset(wv, lv))
-        }
-        (w, l) => w == l,
-    }
+    api.patch(&name, params, &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Apply { kind, name, source })
 }
 
 async fn write_status(
@@ -253,36 +279,32 @@ pub fn invalid_status(
     previous: &DedupClusterStatus,
     message: &str,
 ) -> DedupClusterStatus {
+    failed_status(cluster, previous, "InvalidSpec", message)
+}
+
+/// The status of a cluster whose spec could not be applied, for `reason` (InvalidSpec,
+/// ApplyFailed): not Ready, not Progressing, Degraded with the message. Replica counts
+/// are those last observed.
+pub fn failed_status(
+    cluster: &DedupCluster,
+    previous: &DedupClusterStatus,
+    reason: &str,
+    message: &str,
+) -> DedupClusterStatus {
     let now = Timestamp::now();
     let generation = cluster.metadata.generation;
     let conditions = vec![
-        next_condition(
-            previous,
-            "Ready",
-            false,
-            "InvalidSpec",
-            message,
-            generation,
-            now,
-        ),
+        next_condition(previous, "Ready", false, reason, message, generation, now),
         next_condition(
             previous,
             "Progressing",
             false,
-            "InvalidSpec",
-            "waiting for a valid spec",
+            reason,
+            "waiting for a spec that can be applied",
             generation,
             now,
         ),
-        next_condition(
-            previous,
-            "Degraded",
-            true,
-            "InvalidSpec",
-            message,
-            generation,
-            now,
-        ),
+        next_condition(previous, "Degraded", true, reason, message, generation, now),
     ];
     DedupClusterStatus {
         conditions,
@@ -411,14 +433,28 @@ pub fn backoff(failures: u32) -> Duration {
         .min(Duration::from_secs(300))
 }
 
-/// Runs the controller until `shutdown` completes.
+/// An API over one namespace, or all of them.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until `shutdown` completes, over the DedupClusters of `namespace`
+/// (`None`: every namespace).
 pub async fn run(
     client: Client,
+    namespace: Option<String>,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let clusters: Api<DedupCluster> = Api::all(client.clone());
-    let statefulsets: Api<StatefulSet> = Api::all(client.clone());
+    let namespace = namespace.as_deref();
+    let clusters: Api<DedupCluster> = scoped(&client, namespace);
+    let statefulsets: Api<StatefulSet> = scoped(&client, namespace);
     let (reader, writer) = reflector::store();
     // Only spec changes (generation) of DedupClusters: status writes do not re-trigger.
     let cluster_changes = watcher(clusters, watcher::Config::default())
@@ -430,15 +466,15 @@ pub async fn run(
     Controller::for_stream(cluster_changes, reader)
         .owns(statefulsets, watcher::Config::default())
         .owns(
-            Api::<ConfigMap>::all(ctx.client.clone()),
+            scoped::<ConfigMap>(&ctx.client, namespace),
             watcher::Config::default(),
         )
         .owns(
-            Api::<Service>::all(ctx.client.clone()),
+            scoped::<Service>(&ctx.client, namespace),
             watcher::Config::default(),
         )
         .owns(
-            Api::<PodDisruptionBudget>::all(ctx.client.clone()),
+            scoped::<PodDisruptionBudget>(&ctx.client, namespace),
             watcher::Config::default(),
         )
         .graceful_shutdown_on(shutdown)

@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A cluster of deduplicator pods consuming one Kafka topic as one consumer group, with
 /// per-partition RocksDB state on each pod's volume and checkpoints in S3.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kafka-deduplicator.dev",
     version = "v1alpha1",
@@ -30,6 +30,14 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Condition","type":"string","jsonPath":".status.conditions[?(@.status==\"True\")].type"}"#
+)]
+// What the schema can say about field combinations, said at admission (CEL); `validate`
+// repeats it for servers that do not evaluate these rules.
+#[x_kube(
+    validation = Rule::new("!has(self.dedup.outputGuarantee) || self.dedup.outputGuarantee != 'exactly-once' || has(self.kafka.outputTopic)")
+        .message("exactly-once needs kafka.outputTopic: the output is what the transactions commit"),
+    validation = Rule::new("!has(self.kafka.outputTopic) || self.kafka.outputTopic != self.kafka.inputTopic")
+        .message("kafka.outputTopic must differ from kafka.inputTopic, or every event would be consumed again")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DedupClusterSpec {
@@ -58,7 +66,12 @@ pub struct DedupClusterSpec {
     pub dedup: DedupSpec,
 
     /// The volume each pod keeps its partition stores and local checkpoints on.
+    /// Immutable: a StatefulSet's volume claim templates cannot change
+    /// (docs/operator.md, "Changing storage").
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "spec.storage is immutable: a StatefulSet's volume claim templates cannot change (docs/operator.md, \"Changing storage\")"
+    ))]
     pub storage: StorageSpec,
 
     /// Checkpoint policy: how often stores are snapshotted and where they are kept.

@@ -19,3 +19,15 @@ use kube::CustomResourceExt;
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&crd::DedupCluster::crd())
 }
+
+/// A client of the Kubernetes API from the environment (in-cluster service account, or
+/// `KUBECONFIG`), over rustls with ring.
+///
+/// rustls needs one process-wide crypto provider; a build that links two (ring for kube,
+/// aws-lc for an AWS SDK elsewhere in the workspace) makes it pick none and panic on the
+/// first connection, so the provider is installed explicitly.
+pub async fn kube_client() -> Result<kube::Client, kube::Error> {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    kube::Client::try_default().await
+}

@@ -30,6 +30,9 @@ struct RunArgs {
     /// Address of the HTTP port serving /metrics, /healthz and /readyz.
     #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0:8080", value_parser = parse_bind_address)]
     http_bind: SocketAddr,
+    /// Namespace whose DedupClusters this operator reconciles; empty: every namespace.
+    #[arg(long = "namespace", env = "WATCH_NAMESPACE", default_value = "")]
+    watch_namespace: String,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -75,7 +78,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let client = kube::Client::try_default().await?;
+    let client = operator::kube_client().await?;
     let mut registry = Registry::default();
     let metrics = Arc::new(operator::metrics::Metrics::new(&mut registry));
     let health = Health::default();
@@ -86,8 +89,12 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let server = tokio::spawn(http::serve(listener, Arc::new(registry), health, async {
         let _ = stopped.await;
     }));
-    tracing::info!("operator started");
-    operator::controller::run(client, metrics, shutdown_signal()).await;
+    let namespace = Some(args.watch_namespace).filter(|n| !n.is_empty());
+    tracing::info!(
+        namespace = namespace.as_deref().unwrap_or("(all)"),
+        "operator started"
+    );
+    operator::controller::run(client, namespace, metrics, shutdown_signal()).await;
     let _ = stop.send(());
     let _ = server.await;
     Ok(())

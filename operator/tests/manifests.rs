@@ -35,7 +35,7 @@ fn kubernetes_validate(files: &[PathBuf]) {
 /// `(passed, report)`, or `None` when the tool is missing and that is allowed.
 fn run_kubernetes_validate(files: &[PathBuf]) -> Option<(bool, String)> {
     let result = Command::new("kubernetes-validate")
-        .args(["--strict", "--no-warn", "--kubernetes-version", "1.32.0"])
+        .args(["--strict", "--no-warn", "--kubernetes-version", "1.35.0"])
         .args(files)
         .output();
     match result {

@@ -1,0 +1,895 @@
+//! The operator on a real control plane: etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler and a kwok node, started by `scripts/start-test-services.sh`
+//! (`scripts/start-kube.sh`). Unlike `controller.rs` (kube-fake-client), these tests see
+//! server-side apply, admission (the CRD's schema and CEL rules, Pod Security
+//! `restricted`, quota), RBAC, the `/scale` subresource, the StatefulSet controller and
+//! the garbage collector as a cluster has them.
+//!
+//! The CRD, RBAC and the operator's Deployment are installed with `kubectl apply -k
+//! manifests/` as shipped. Each test then runs the operator binary itself as the
+//! manifests' ServiceAccount (a token of that account, so a verb missing from
+//! `manifests/rbac.yaml` fails the test), limited to the test's own namespace
+//! (`WATCH_NAMESPACE`), which enforces Pod Security `restricted`. kwok marks the pods
+//! Running and Ready, so StatefulSets roll out as on a cluster; no container runs.
+//!
+//! Needs `KUBECONFIG` (set by `eval "$(scripts/start-test-services.sh)"`) and `kubectl` on
+//! PATH. Missing, the tests fail, unless `DEDUP_ALLOW_MISSING_SERVICES=1` (local runs only,
+//! never in CI) makes them skip.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams};
+use kube::{Client, Resource, ResourceExt};
+use operator::controller::condition;
+use operator::crd::DedupCluster;
+
+const OPERATOR_NAMESPACE: &str = "kafka-deduplicator-system";
+const OPERATOR_ACCOUNT: &str = "kafka-deduplicator-operator";
+const WAIT: Duration = Duration::from_secs(90);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+// --- kubectl ------------------------------------------------------------------------------
+
+fn kubectl_output(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut command = Command::new("kubectl");
+    command
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("kubectl is not runnable ({e}): eval \"$(scripts/start-test-services.sh)\" puts it on PATH"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        pipe.write_all(input.as_bytes())
+            .expect("writing kubectl's stdin");
+    }
+    child.wait_with_output().expect("kubectl ran")
+}
+
+/// Runs kubectl; panics with its output unless it succeeds; returns stdout.
+fn kubectl(args: &[&str]) -> String {
+    kubectl_in(args, None)
+}
+
+fn kubectl_in(args: &[&str], stdin: Option<&str>) -> String {
+    let output = kubectl_output(args, stdin);
+    assert!(
+        output.status.success(),
+        "kubectl {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs kubectl expecting a refusal; returns its error output.
+fn kubectl_refused(args: &[&str], stdin: Option<&str>) -> String {
+    let output = kubectl_output(args, stdin);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "kubectl {} was expected to be refused, but succeeded:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    stderr
+}
+
+// --- the cluster and the operator -----------------------------------------------------------
+
+/// A client of the test control plane, or `None` when the test may skip.
+async fn cluster() -> Option<Client> {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        if std::env::var("DEDUP_ALLOW_MISSING_SERVICES").is_ok_and(|v| v == "1") {
+            eprintln!("skipping: no KUBECONFIG and DEDUP_ALLOW_MISSING_SERVICES=1");
+            return None;
+        }
+        panic!("no KUBECONFIG: run eval \"$(scripts/start-test-services.sh)\" (it starts the test control plane)");
+    }
+    install_manifests();
+    Some(
+        operator::kube_client()
+            .await
+            .expect("a client of the test control plane from KUBECONFIG"),
+    )
+}
+
+/// `kubectl apply -k manifests/`, once per test binary, then waits for the CRD.
+fn install_manifests() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        kubectl(&["apply", "-k", "manifests/"]);
+        kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/dedupclusters.kafka-deduplicator.dev",
+        ]);
+    });
+}
+
+/// A namespace of one test, enforcing Pod Security `restricted`; deleted when dropped.
+struct TestNamespace {
+    name: String,
+}
+
+impl TestNamespace {
+    fn create(test: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "op-{test}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        kubectl_in(
+            &["apply", "-f", "-"],
+            Some(&format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
+                 pod-security.kubernetes.io/enforce: restricted\n    \
+                 pod-security.kubernetes.io/enforce-version: latest\n"
+            )),
+        );
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl_output(&["delete", "namespace", &self.name, "--wait=false"], None);
+    }
+}
+
+/// The operator binary, running as the manifests' ServiceAccount, watching one namespace.
+struct Operator {
+    child: Child,
+    http: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Operator {
+    fn start(namespace: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let server = kubectl(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ]);
+        let ca = kubectl(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+        ]);
+        let token = kubectl(&[
+            "create",
+            "token",
+            OPERATOR_ACCOUNT,
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--duration=2h",
+        ]);
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    \
+                 server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {OPERATOR_ACCOUNT}\n  \
+                 user:\n    token: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    \
+                 user: {OPERATOR_ACCOUNT}\ncurrent-context: test\n",
+                token.trim()
+            ),
+        )
+        .expect("writing the operator's kubeconfig");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let http = format!("127.0.0.1:{port}");
+        let log = dir.path().join("operator.log");
+        let log_file = std::fs::File::create(&log).expect("the operator's log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_operator"))
+            .arg("run")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("WATCH_NAMESPACE", namespace)
+            .env("HTTP_BIND", &http)
+            .env("RUST_LOG", "info,operator=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("the operator binary starts");
+        let operator = Self {
+            child,
+            http,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while operator.get("/healthz").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the operator did not serve /healthz in 30 s; its log:\n{}",
+                operator.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        operator
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The body of an HTTP GET of the operator's port, if it answers 200.
+    fn get(&self, path: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(&self.http).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200")
+            .then(|| body.to_string())
+            .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
+    }
+
+    /// Successful reconciles so far (`dedup_operator_reconciles_total{result="ok"}`).
+    fn reconciles(&self) -> u64 {
+        let metrics = self.get("/metrics").expect("the operator serves /metrics");
+        metrics
+            .lines()
+            .find(|l| l.starts_with("dedup_operator_reconciles_total{result=\"ok\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- operator log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Polls `check` every 250 ms until it gives a value; panics after `timeout`, with the
+/// last state `check` described.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) if Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}; last state: {state}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// The example DedupCluster of `manifests/`, named `name`, with `replicas`, tolerating
+/// the kwok node's taint, with `edit` applied to its spec (as JSON).
+fn example(name: &str, replicas: i32, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let text = std::fs::read_to_string(repo_root().join("manifests/example-dedupcluster.yaml"))
+        .expect("manifests/example-dedupcluster.yaml");
+    let mut cluster: serde_json::Value = serde_yaml::from_str(&text).expect("the example is YAML");
+    cluster["metadata"]["name"] = name.into();
+    let spec = &mut cluster["spec"];
+    spec["replicas"] = replicas.into();
+    spec["tolerations"] = serde_json::json!([
+        {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
+    ]);
+    edit(spec);
+    serde_json::to_string(&cluster).expect("JSON")
+}
+
+fn apply(namespace: &str, manifest: &str) {
+    kubectl_in(
+        &["apply", "--namespace", namespace, "-f", "-"],
+        Some(manifest),
+    );
+}
+
+/// Waits until the cluster's status says Ready for its current generation.
+async fn ready(clusters: &Api<DedupCluster>, name: &str, operator: &Operator) -> DedupCluster {
+    eventually(&format!("DedupCluster {name} Ready"), WAIT, || async {
+        let cluster = clusters.get(name).await.map_err(|e| e.to_string())?;
+        let status = cluster.status.clone().unwrap_or_default();
+        let is_ready = condition(&status, "Ready").is_some_and(|c| c.status == "True");
+        if is_ready
+            && status.observed_generation == cluster.metadata.generation
+            && status.ready_replicas == cluster.spec.replicas
+        {
+            Ok(cluster)
+        } else {
+            Err(format!(
+                "{status:?}\noperator log tail:\n{}",
+                tail(&operator.log(), 15)
+            ))
+        }
+    })
+    .await
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn owned_by(object: &impl Resource, cluster: &DedupCluster) -> bool {
+    object.owner_references().iter().any(|o| {
+        o.kind == "DedupCluster"
+            && o.name == cluster.name_any()
+            && Some(&o.uid) == cluster.metadata.uid.as_ref()
+            && o.controller == Some(true)
+    })
+}
+
+async fn resource_versions(client: &Client, namespace: &str, name: &str) -> [Option<String>; 4] {
+    let config = format!("{name}-config");
+    [
+        Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .get(&config)
+            .await
+            .ok()
+            .and_then(|o| o.metadata.resource_version),
+        Api::<Service>::namespaced(client.clone(), namespace)
+            .get(name)
+            .await
+            .ok()
+            .and_then(|o| o.metadata.resource_version),
+        Api::<StatefulSet>::namespaced(client.clone(), namespace)
+            .get(name)
+            .await
+            .ok()
+            .and_then(|o| o.metadata.resource_version),
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace)
+            .get(name)
+            .await
+            .ok()
+            .and_then(|o| o.metadata.resource_version),
+    ]
+}
+
+// --- the tests ------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_cluster_comes_up_under_restricted_pod_security_as_the_operators_account() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::create("example");
+    let operator = Operator::start(&ns.name);
+    apply(&ns.name, &example("events", 3, |_| {}));
+    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
+    let cluster = ready(&clusters, "events", &operator).await;
+
+    // Every child, owned by the cluster (what the garbage collector follows).
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns.name)
+        .get("events")
+        .await
+        .unwrap();
+    assert!(owned_by(&sts, &cluster));
+    assert!(owned_by(
+        &Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+            .get("events-config")
+            .await
+            .unwrap(),
+        &cluster
+    ));
+    assert!(owned_by(
+        &Api::<Service>::namespaced(client.clone(), &ns.name)
+            .get("events")
+            .await
+            .unwrap(),
+        &cluster
+    ));
+    assert!(owned_by(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
+            .get("events")
+            .await
+            .unwrap(),
+        &cluster
+    ));
+
+    // The pods were admitted under `restricted` and run (kwok), one volume each.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=events"))
+        .await
+        .unwrap();
+    assert_eq!(pods.items.len(), 3);
+    assert!(pods
+        .items
+        .iter()
+        .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")));
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(claims.items.len(), 3, "one PVC per pod");
+
+    // Status: every condition describes the current generation.
+    let status = cluster.status.clone().unwrap();
+    for type_ in ["Ready", "Progressing", "Degraded"] {
+        let c = condition(&status, type_).unwrap_or_else(|| panic!("{type_} condition"));
+        assert_eq!(
+            c.observed_generation, cluster.metadata.generation,
+            "{type_}"
+        );
+    }
+    assert_eq!(condition(&status, "Degraded").unwrap().status, "False");
+    assert_eq!(status.replicas, 3);
+
+    // The printer columns, and the Events `kubectl describe` shows.
+    let table = kubectl(&["get", "dedup", "events", "--namespace", &ns.name]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "DESIRED", "READY", "AGE", "CONDITION"]);
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!((row[0], row[1], row[2]), ("events", "3", "3"), "{table}");
+    assert_eq!(row[4], "Ready", "{table}");
+    let described = eventually("the Ready event", WAIT, || async {
+        let text = kubectl(&["describe", "dedup", "events", "--namespace", &ns.name]);
+        if text.contains("3 of 3 replicas ready") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    assert!(described.contains("Normal"), "{described}");
+
+    // The operator's own Deployment, as shipped, is admitted under `restricted` too (its
+    // namespace enforces it): its ReplicaSet made a pod.
+    let operator_pods = kubectl(&[
+        "get",
+        "pods",
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/name=kafka-deduplicator-operator",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        !operator_pods.trim().is_empty(),
+        "the operator's Deployment made no pod: {}",
+        kubectl(&[
+            "get",
+            "events",
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--field-selector",
+            "reason=FailedCreate"
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_scale_changes_only_the_replicas_and_an_autoscaler_reads_the_scale() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::create("scale");
+    let operator = Operator::start(&ns.name);
+    apply(&ns.name, &example("scaled", 2, |_| {}));
+    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
+    ready(&clusters, "scaled", &operator).await;
+    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
+    let before = statefulsets.get("scaled").await.unwrap();
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+    let pod_uid = |name: &str| {
+        let pods = pods.clone();
+        let name = name.to_string();
+        async move { pods.get(&name).await.unwrap().metadata.uid }
+    };
+    let first_pod = pod_uid("scaled-0").await;
+
+    kubectl(&[
+        "scale",
+        "dedup/scaled",
+        "--replicas=4",
+        "--namespace",
+        &ns.name,
+    ]);
+    let cluster = ready(&clusters, "scaled", &operator).await;
+    assert_eq!(cluster.spec.replicas, 4);
+    let after = statefulsets.get("scaled").await.unwrap();
+    assert_eq!(after.spec.as_ref().unwrap().replicas, Some(4));
+    let revision = |s: &StatefulSet| s.status.as_ref().and_then(|s| s.update_revision.clone());
+    assert_eq!(
+        revision(&before),
+        revision(&after),
+        "scaling rolled the pods"
+    );
+    assert_eq!(
+        pod_uid("scaled-0").await,
+        first_pod,
+        "scaling replaced a pod"
+    );
+
+    // The scale subresource gives autoscalers the replicas and the pod selector.
+    let scale: serde_json::Value = serde_json::from_str(&kubectl(&[
+        "get",
+        "--raw",
+        &format!(
+            "/apis/kafka-deduplicator.dev/v1alpha1/namespaces/{}/dedupclusters/scaled/scale",
+            ns.name
+        ),
+    ]))
+    .unwrap();
+    assert_eq!(scale["spec"]["replicas"], 4);
+    assert_eq!(scale["status"]["replicas"], 4);
+    assert_eq!(
+        scale["status"]["selector"],
+        "app.kubernetes.io/instance=scaled,app.kubernetes.io/name=kafka-deduplicator"
+    );
+    // A HorizontalPodAutoscaler targeting the DedupCluster: the real HPA controller gets
+    // its scale (AbleToScale) and finds its pods by the selector (no metrics server here,
+    // so it cannot compute a recommendation, but the selector is not what fails).
+    apply(
+        &ns.name,
+        r#"{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "scaled"},
+            "spec": {"scaleTargetRef": {"apiVersion": "kafka-deduplicator.dev/v1alpha1",
+                                        "kind": "DedupCluster", "name": "scaled"},
+                     "minReplicas": 1, "maxReplicas": 8,
+                     "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                                  "target": {"type": "Utilization", "averageUtilization": 80}}}]}}"#,
+    );
+    let conditions = eventually("the autoscaler's conditions", WAIT, || async {
+        let hpa: serde_json::Value = serde_json::from_str(&kubectl(&[
+            "get",
+            "hpa",
+            "scaled",
+            "--namespace",
+            &ns.name,
+            "-o",
+            "json",
+        ]))
+        .map_err(|e| e.to_string())?;
+        let conditions = hpa["status"]["conditions"].clone();
+        let able = conditions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "AbleToScale");
+        match able {
+            Some(c) if c["status"] == "True" => Ok(conditions),
+            _ => Err(conditions.to_string()),
+        }
+    })
+    .await;
+    assert!(
+        !conditions.to_string().contains("InvalidSelector")
+            && !conditions.to_string().contains("selector"),
+        "{conditions}"
+    );
+    assert_eq!(clusters.get("scaled").await.unwrap().spec.replicas, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_spec_field_leaves_the_children_and_a_steady_reconcile_writes_nothing() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::create("removal");
+    let operator = Operator::start(&ns.name);
+    // A CPU request in a form the server canonicalises (0.5 → 500m).
+    apply(
+        &ns.name,
+        &example("trimmed", 2, |spec| {
+            spec["resources"]["requests"]["cpu"] = "0.5".into();
+            spec["dedup"]["maxInFlightMessages"] = 500.into();
+        }),
+    );
+    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
+    ready(&clusters, "trimmed", &operator).await;
+    let configs = Api::<ConfigMap>::namespaced(client.clone(), &ns.name);
+    let data = configs.get("trimmed-config").await.unwrap().data.unwrap();
+    assert_eq!(
+        data.get("DEAD_LETTER_TOPIC").map(String::as_str),
+        Some("events_dead_letter")
+    );
+    assert_eq!(
+        data.get("MAX_IN_FLIGHT_MESSAGES").map(String::as_str),
+        Some("500")
+    );
+
+    // Remove two fields: their settings leave the ConfigMap, and the pods roll onto it.
+    kubectl(&[
+        "patch",
+        "dedup",
+        "trimmed",
+        "--namespace",
+        &ns.name,
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/kafka/deadLetterTopic"},
+            {"op": "remove", "path": "/spec/dedup/maxInFlightMessages"}]"#,
+    ]);
+    eventually("the removed settings leave the ConfigMap", WAIT, || async {
+        let data = configs
+            .get("trimmed-config")
+            .await
+            .map_err(|e| e.to_string())?
+            .data
+            .unwrap_or_default();
+        if data.contains_key("DEAD_LETTER_TOPIC") || data.contains_key("MAX_IN_FLIGHT_MESSAGES") {
+            Err(format!("{data:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    ready(&clusters, "trimmed", &operator).await;
+
+    // Steady state. A change to an owned object (someone labels the ConfigMap) triggers a
+    // reconcile of the unchanged spec: it writes no child (no resourceVersion moves).
+    kubectl(&[
+        "label",
+        "configmap",
+        "trimmed-config",
+        "--namespace",
+        &ns.name,
+        "example.com/touched=yes",
+    ]);
+    let before_versions = resource_versions(&client, &ns.name, "trimmed").await;
+    let before = operator.reconciles();
+    kubectl(&[
+        "label",
+        "service",
+        "trimmed",
+        "--namespace",
+        &ns.name,
+        "example.com/touched=yes",
+    ]);
+    let service_version = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get("trimmed")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    eventually("a reconcile after the label", WAIT, || async {
+        let now = operator.reconciles();
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("{now} reconciles"))
+        }
+    })
+    .await;
+    // Time for any write the reconcile would make.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_versions = resource_versions(&client, &ns.name, "trimmed").await;
+    assert_eq!(after_versions[0], before_versions[0], "ConfigMap written");
+    assert_eq!(after_versions[1], service_version, "Service written");
+    assert_eq!(after_versions[2], before_versions[2], "StatefulSet written");
+    assert_eq!(after_versions[3], before_versions[3], "PDB written");
+    let labels = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get("trimmed")
+        .await
+        .unwrap()
+        .labels()
+        .clone();
+    assert_eq!(
+        labels.get("example.com/touched").map(String::as_str),
+        Some("yes"),
+        "another manager's label was removed"
+    );
+
+    // A status-only change (the operator's own status writes are such changes) does not
+    // trigger a reconcile: the watch is filtered to spec generations.
+    let before = operator.reconciles();
+    kubectl(&[
+        "patch",
+        "dedup",
+        "trimmed",
+        "--namespace",
+        &ns.name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status": {"readyReplicas": 0}}"#,
+    ]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        operator.reconciles(),
+        before,
+        "a status write triggered a reconcile"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refuses_what_the_schema_can_express_and_degraded_reports_the_rest() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::create("admission");
+    let operator = Operator::start(&ns.name);
+    let refused = |manifest: String| {
+        kubectl_refused(
+            &["apply", "--namespace", &ns.name, "-f", "-"],
+            Some(&manifest),
+        )
+    };
+
+    let error = refused(example("once", 1, |spec| {
+        spec["dedup"]["outputGuarantee"] = "exactly-once".into();
+        spec["kafka"].as_object_mut().unwrap().remove("outputTopic");
+    }));
+    assert!(
+        error.contains("exactly-once needs kafka.outputTopic"),
+        "{error}"
+    );
+    let error = refused(example("loop", 1, |spec| {
+        spec["kafka"]["outputTopic"] = "events".into();
+    }));
+    assert!(
+        error.contains("kafka.outputTopic must differ from kafka.inputTopic"),
+        "{error}"
+    );
+
+    // Storage is immutable (a StatefulSet's volumeClaimTemplates cannot change): refused
+    // at admission, not wedged in the reconcile.
+    apply(&ns.name, &example("stored", 1, |_| {}));
+    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
+    ready(&clusters, "stored", &operator).await;
+    let error = kubectl_refused(
+        &[
+            "patch",
+            "dedup",
+            "stored",
+            "--namespace",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"spec": {"storage": {"size": "40Gi"}}}"#,
+        ],
+        None,
+    );
+    assert!(error.contains("spec.storage is immutable"), "{error}");
+
+    // What the schema cannot express reaches the Degraded condition.
+    apply(
+        &ns.name,
+        &example("grouped", 1, |spec| {
+            spec["kafka"]["properties"] = serde_json::json!({"group.id": "other"});
+        }),
+    );
+    let status = eventually("Degraded InvalidSpec", WAIT, || async {
+        let cluster = clusters.get("grouped").await.map_err(|e| e.to_string())?;
+        let status = cluster.status.unwrap_or_default();
+        match condition(&status, "Degraded") {
+            Some(c) if c.status == "True" => Ok(c.clone()),
+            _ => Err(format!("{status:?}")),
+        }
+    })
+    .await;
+    assert_eq!(status.reason, "InvalidSpec");
+    assert!(status.message.contains("group.id"), "{}", status.message);
+    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
+    assert!(statefulsets.get_opt("grouped").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_the_server_refuses_is_reported_in_degraded_and_retried() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::create("quota");
+    // No Services may be created in this namespace.
+    apply(
+        &ns.name,
+        r#"{"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-services"},
+            "spec": {"hard": {"services": "0"}}}"#,
+    );
+    let operator = Operator::start(&ns.name);
+    apply(&ns.name, &example("limited", 1, |_| {}));
+    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
+    let degraded = eventually("Degraded ApplyFailed", WAIT, || async {
+        let cluster = clusters.get("limited").await.map_err(|e| e.to_string())?;
+        let status = cluster.status.unwrap_or_default();
+        match condition(&status, "Degraded") {
+            Some(c) if c.status == "True" => Ok(c.clone()),
+            _ => Err(format!("{status:?}")),
+        }
+    })
+    .await;
+    assert_eq!(degraded.reason, "ApplyFailed");
+    assert!(
+        degraded.message.contains("Service") && degraded.message.contains("exceeded quota"),
+        "{}",
+        degraded.message
+    );
+    let events = kubectl(&["describe", "dedup", "limited", "--namespace", &ns.name]);
+    assert!(events.contains("ApplyFailed"), "{events}");
+
+    // Once the quota is gone, a retry applies everything.
+    kubectl(&[
+        "delete",
+        "resourcequota",
+        "no-services",
+        "--namespace",
+        &ns.name,
+    ]);
+    let cluster = ready(&clusters, "limited", &operator).await;
+    let status = cluster.status.unwrap();
+    assert_eq!(condition(&status, "Degraded").unwrap().status, "False");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_cluster_collects_its_children_and_keeps_its_volumes() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::create("delete");
+    let operator = Operator::start(&ns.name);
+    apply(&ns.name, &example("doomed", 2, |_| {}));
+    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
+    ready(&clusters, "doomed", &operator).await;
+
+    kubectl(&[
+        "delete",
+        "dedup",
+        "doomed",
+        "--namespace",
+        &ns.name,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    eventually("the children are collected", WAIT, || async {
+        let left = resource_versions(&client, &ns.name, "doomed").await;
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns.name)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        if left.iter().all(Option::is_none) && pods.items.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("children {left:?}, {} pods", pods.items.len()))
+        }
+    })
+    .await;
+    // The volumes stay: a cluster applied again under the same name finds its state.
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut names: Vec<String> = claims.items.iter().map(|c| c.name_any()).collect();
+    names.sort();
+    assert_eq!(names, ["data-doomed-0", "data-doomed-1"]);
+}
