@@ -20,9 +20,9 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, VolumeMount,
-    VolumeResourceRequirements,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretEnvSource, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -53,6 +53,11 @@ pub fn labels(cluster: &DedupCluster) -> BTreeMap<String, String> {
             "kafka-deduplicator-operator".to_string(),
         ),
     ])
+}
+
+/// The label selector of every object the operator makes (its watches use it).
+pub fn managed_by_selector() -> String {
+    "app.kubernetes.io/managed-by=kafka-deduplicator-operator".into()
 }
 
 /// The pod selector, also published as `status.labelSelector` for the scale subresource.
@@ -303,6 +308,9 @@ pub fn stateful_set(cluster: &DedupCluster, owner: &OwnerReference) -> StatefulS
         mount_path: DATA_DIR.into(),
         ..VolumeMount::default()
     };
+    let overrides = &spec.pod_template;
+    let mut mounts = vec![data_mount];
+    mounts.extend(overrides.volume_mounts.iter().cloned());
     let restorer = Container {
         name: "restorer".into(),
         image: Some(spec.image.clone()),
@@ -310,7 +318,12 @@ pub fn stateful_set(cluster: &DedupCluster, owner: &OwnerReference) -> StatefulS
         command: Some(vec!["restorer".into()]),
         env: Some(env_vars(cluster)),
         env_from: Some(env_from(cluster)),
-        volume_mounts: Some(vec![data_mount.clone()]),
+        resources: Some(
+            spec.restorer_resources
+                .clone()
+                .unwrap_or_else(default_restorer_resources),
+        ),
+        volume_mounts: Some(mounts.clone()),
         security_context: Some(container_security()),
         ..Container::default()
     };
@@ -328,17 +341,31 @@ pub fn stateful_set(cluster: &DedupCluster, owner: &OwnerReference) -> StatefulS
             ..ContainerPort::default()
         }]),
         // Liveness fails on a store that cannot be written; readiness until the pod has
-        // joined the group with its stores open.
+        // joined the group with its stores open. Liveness waits for the start (opening
+        // every assigned store) for up to STARTUP_GRACE.
+        startup_probe: Some(http_probe("/healthz", 5, STARTUP_GRACE_SECONDS / 5)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![data_mount]),
+        volume_mounts: Some(mounts),
         security_context: Some(container_security()),
         ..Container::default()
     };
     let data = config_data(cluster);
-    let mut template_labels = labels(cluster);
+    // The operator's labels win over the template's (validation refuses them anyway).
+    let mut template_labels = overrides.labels.clone();
+    template_labels.extend(labels(cluster));
     template_labels.extend(selector_labels(cluster));
+    let mut annotations = overrides.annotations.clone();
+    annotations.extend([
+        (CONFIG_HASH_ANNOTATION.to_string(), config_hash(&data)),
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
+    ]);
+    let spread = overrides
+        .topology_spread_constraints
+        .clone()
+        .unwrap_or_else(|| default_spread(cluster));
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(DATA_VOLUME.into()),
@@ -366,6 +393,10 @@ pub fn stateful_set(cluster: &DedupCluster, owner: &OwnerReference) -> StatefulS
             service_name: Some(cluster.name_any()),
             // Pods are independent consumer-group members: start and stop them together.
             pod_management_policy: Some("Parallel".into()),
+            min_ready_seconds: Some(spec.min_ready_seconds),
+            persistent_volume_claim_retention_policy: spec
+                .persistent_volume_claim_retention_policy
+                .clone(),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(cluster)),
                 ..LabelSelector::default()
@@ -373,17 +404,18 @@ pub fn stateful_set(cluster: &DedupCluster, owner: &OwnerReference) -> StatefulS
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(template_labels),
-                    annotations: Some(BTreeMap::from([
-                        (CONFIG_HASH_ANNOTATION.to_string(), config_hash(&data)),
-                        ("prometheus.io/scrape".to_string(), "true".to_string()),
-                        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
-                    ])),
+                    annotations: Some(annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
                     init_containers: Some(vec![restorer]),
                     containers: vec![deduplicator],
                     termination_grace_period_seconds: Some(spec.termination_grace_period_seconds),
+                    service_account_name: spec.service_account_name.clone(),
+                    priority_class_name: overrides.priority_class_name.clone(),
+                    image_pull_secrets: non_empty(&overrides.image_pull_secrets),
+                    volumes: non_empty(&overrides.volumes),
+                    topology_spread_constraints: non_empty(&spread),
                     node_selector: spec.node_selector.clone(),
                     tolerations: spec.tolerations.clone(),
                     affinity: spec.affinity.clone(),
@@ -407,6 +439,49 @@ pub fn stateful_set(cluster: &DedupCluster, owner: &OwnerReference) -> StatefulS
         }),
         ..StatefulSet::default()
     }
+}
+
+/// Seconds the deduplicator has to start (open every assigned store) before liveness
+/// checks begin.
+pub const STARTUP_GRACE_SECONDS: i32 = 300;
+
+/// The restorer's resources when the spec gives none: small requests (it streams files
+/// from S3 to disk), and limits, which namespaces with a quota on limits require.
+pub fn default_restorer_resources() -> ResourceRequirements {
+    let quantities = |cpu: &str, memory: &str| {
+        Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ]))
+    };
+    ResourceRequirements {
+        requests: quantities("100m", "128Mi"),
+        limits: quantities("1", "512Mi"),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Spread the pods over zones, then over nodes, as a preference: losing a zone or a node
+/// takes as few partitions' owners as possible, and a cluster with one zone or one node
+/// still schedules every pod.
+pub fn default_spread(cluster: &DedupCluster) -> Vec<TopologySpreadConstraint> {
+    ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(cluster)),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
+fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
+    (!items.is_empty()).then(|| items.to_vec())
 }
 
 pub fn pod_disruption_budget(

@@ -22,7 +22,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::runtime::{predicates, reflector, WatchStreamExt};
+use kube::runtime::{reflector, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -114,6 +114,23 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
     let name = cluster.name_any();
     let clusters: Api<DedupCluster> = Api::namespaced(ctx.client.clone(), &namespace);
     let previous = cluster.status.clone().unwrap_or_default();
+
+    if is_paused(cluster) {
+        let status = paused_status(cluster, &previous);
+        if status != previous {
+            tracing::info!(%namespace, %name, "reconcile paused by annotation");
+            publish_event(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "Paused",
+                &format!("{PAUSED_ANNOTATION} is \"true\": nothing is applied until it is removed"),
+            )
+            .await;
+            write_status(&clusters, &name, &status).await?;
+        }
+        return Ok(Action::await_change());
+    }
 
     if let Err(invalid) = cluster.spec.validate() {
         tracing::warn!(%namespace, %name, %invalid, "invalid DedupCluster spec");
@@ -271,6 +288,52 @@ async fn publish_event(
     if let Err(error) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
         tracing::debug!(%error, "publishing an event failed");
     }
+}
+
+/// Set to "true", the operator leaves the cluster's children alone (to debug by hand,
+/// or to hold a rollout); the status says so. Removing it resumes.
+pub const PAUSED_ANNOTATION: &str = "kafka-deduplicator.dev/paused";
+
+pub fn is_paused(cluster: &DedupCluster) -> bool {
+    cluster
+        .annotations()
+        .get(PAUSED_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+/// The status of a paused cluster: Progressing is False with reason Paused; Ready and
+/// Degraded stay as last observed.
+pub fn paused_status(cluster: &DedupCluster, previous: &DedupClusterStatus) -> DedupClusterStatus {
+    let generation = cluster.metadata.generation;
+    let mut conditions: Vec<Condition> = previous
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != "Progressing")
+        .cloned()
+        .collect();
+    conditions.push(next_condition(
+        previous,
+        "Progressing",
+        false,
+        "Paused",
+        &format!("{PAUSED_ANNOTATION} is \"true\": spec changes are not applied"),
+        generation,
+        Timestamp::now(),
+    ));
+    DedupClusterStatus {
+        conditions,
+        ..previous.clone()
+    }
+}
+
+/// What of a DedupCluster triggers a reconcile: its spec (generation) and the pause
+/// annotation; not its status, so the operator's own status writes do not.
+fn spec_or_pause(cluster: &DedupCluster) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    cluster.metadata.generation.hash(&mut hasher);
+    is_paused(cluster).hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// The status of a cluster whose spec is invalid: Degraded with the reason.
@@ -456,26 +519,23 @@ pub async fn run(
     let clusters: Api<DedupCluster> = scoped(&client, namespace);
     let statefulsets: Api<StatefulSet> = scoped(&client, namespace);
     let (reader, writer) = reflector::store();
-    // Only spec changes (generation) of DedupClusters: status writes do not re-trigger.
+    // Only spec changes (generation) and pausing: status writes do not re-trigger.
     let cluster_changes = watcher(clusters, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(spec_or_pause, Default::default());
+    // Children only: every object the operator makes carries its managed-by label, so
+    // the watches do not hold every ConfigMap, Service and StatefulSet of the cluster.
+    let children = || watcher::Config::default().labels(&builders::managed_by_selector());
     let ctx = Arc::new(Context::new(client, Arc::clone(&metrics)));
     Controller::for_stream(cluster_changes, reader)
-        .owns(statefulsets, watcher::Config::default())
-        .owns(
-            scoped::<ConfigMap>(&ctx.client, namespace),
-            watcher::Config::default(),
-        )
-        .owns(
-            scoped::<Service>(&ctx.client, namespace),
-            watcher::Config::default(),
-        )
+        .owns(statefulsets, children())
+        .owns(scoped::<ConfigMap>(&ctx.client, namespace), children())
+        .owns(scoped::<Service>(&ctx.client, namespace), children())
         .owns(
             scoped::<PodDisruptionBudget>(&ctx.client, namespace),
-            watcher::Config::default(),
+            children(),
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

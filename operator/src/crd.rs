@@ -7,7 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy;
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+    Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -37,7 +41,9 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("!has(self.dedup.outputGuarantee) || self.dedup.outputGuarantee != 'exactly-once' || has(self.kafka.outputTopic)")
         .message("exactly-once needs kafka.outputTopic: the output is what the transactions commit"),
     validation = Rule::new("!has(self.kafka.outputTopic) || self.kafka.outputTopic != self.kafka.inputTopic")
-        .message("kafka.outputTopic must differ from kafka.inputTopic, or every event would be consumed again")
+        .message("kafka.outputTopic must differ from kafka.inputTopic, or every event would be consumed again"),
+    validation = Rule::new("!has(self.checkpoint.interval) || !self.checkpoint.interval.matches('^0+(ms|s|m|h|d)?$')")
+        .message("checkpoint.interval 0 turns checkpoints off, and a partition that moves would start with an empty store; set an interval above 0")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DedupClusterSpec {
@@ -81,6 +87,36 @@ pub struct DedupClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
+    /// CPU and memory of the restorer init container. Default: requests 100m CPU and
+    /// 128Mi, limits 1 CPU and 512Mi (namespaces with a quota on limits need them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restorer_resources: Option<ResourceRequirements>,
+
+    /// ServiceAccount the pods run as, e.g. one bound to an IAM role for S3 (EKS IRSA
+    /// or Pod Identity, GKE Workload Identity). Unset: the namespace's `default`. The
+    /// operator creates none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub service_account_name: Option<String>,
+
+    /// Additions to the pods' template: labels, annotations, spread, priority, pull
+    /// secrets, extra volumes.
+    #[serde(default, skip_serializing_if = "PodTemplateOverrides::is_empty")]
+    pub pod_template: PodTemplateOverrides,
+
+    /// What happens to the pods' volumes when the cluster is deleted (`whenDeleted`) or
+    /// scaled down (`whenScaled`): `Retain` (default, both) or `Delete`. Retained
+    /// volumes keep their stores for a later cluster of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim_retention_policy:
+        Option<StatefulSetPersistentVolumeClaimRetentionPolicy>,
+
+    /// Seconds a new pod must stay Ready before a rolling update moves on to the next
+    /// one (default 10): the consumer has joined its group and opened its stores.
+    #[serde(default = "default_min_ready")]
+    #[schemars(range(min = 0))]
+    pub min_ready_seconds: i32,
+
     /// Node labels the pods must run on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
@@ -98,6 +134,48 @@ pub struct DedupClusterSpec {
     #[serde(default = "default_grace")]
     #[schemars(range(min = 10))]
     pub termination_grace_period_seconds: i64,
+}
+
+/// Additions to the pods' template, in the spirit of Strimzi's `template` and the Flink
+/// operator's `podTemplate`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverrides {
+    /// Labels added to the pods (the operator's own `app.kubernetes.io/*` labels win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Annotations added to the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// How the pods spread over failure domains. Unset: over zones and over nodes,
+    /// `ScheduleAnyway` (a preference, never a reason to stay Pending); `[]`: no
+    /// constraint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Extra volumes of the pods (a Kafka CA or keystore for TLS, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+
+    /// Extra mounts, added to both the restorer and the deduplicator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+}
+
+impl PodTemplateOverrides {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -283,6 +361,11 @@ impl Default for DedupClusterSpec {
             storage: StorageSpec::default(),
             checkpoint: CheckpointSpec::default(),
             resources: None,
+            restorer_resources: None,
+            service_account_name: None,
+            pod_template: PodTemplateOverrides::default(),
+            persistent_volume_claim_retention_policy: None,
+            min_ready_seconds: default_min_ready(),
             node_selector: None,
             tolerations: None,
             affinity: None,
@@ -305,6 +388,10 @@ fn default_storage_size() -> String {
 
 fn default_grace() -> i64 {
     60
+}
+
+fn default_min_ready() -> i32 {
+    10
 }
 
 /// A spec problem the schema could not catch: which field and why.
@@ -403,6 +490,33 @@ impl DedupClusterSpec {
                 "checkpoint.s3.bucket",
                 "must be a bucket name of 3 to 63 characters".into(),
             );
+        }
+        if let Some(interval) = &self.checkpoint.interval {
+            if dedup_core::config::parse_duration(interval).is_ok_and(|d| d.is_zero()) {
+                return invalid(
+                    "checkpoint.interval",
+                    "0 turns checkpoints off, and a partition that moves would start with an empty store".into(),
+                );
+            }
+        }
+        for key in self.pod_template.labels.keys() {
+            if key.starts_with("app.kubernetes.io/") {
+                return invalid(
+                    "podTemplate.labels",
+                    format!("`{key}` is set by the operator (the pods' selector and owner)"),
+                );
+            }
+        }
+        for mount in &self.pod_template.volume_mounts {
+            if mount.mount_path == "/data" || mount.mount_path.starts_with("/data/") {
+                return invalid(
+                    "podTemplate.volumeMounts",
+                    format!(
+                        "`{}` is inside the pods' data volume (/data)",
+                        mount.mount_path
+                    ),
+                );
+            }
         }
         if self.termination_grace_period_seconds < 10 {
             return invalid(

@@ -5,11 +5,13 @@
 //! - [`crd`]: the resource type and its validation.
 //! - [`builders`]: the child objects, as pure functions.
 //! - [`controller`]: reconcile, status, error policy, the controller loop.
+//! - [`leader`]: leader election through a Lease.
 //! - [`metrics`]: reconcile metrics.
 
 pub mod builders;
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 
 use kube::CustomResourceExt;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use dedup_core::http::{self, parse_bind_address, Health};
 use dedup_core::telemetry::{self, LogFormat};
+use operator::leader::Leadership;
 use prometheus_client::registry::Registry;
 
 #[derive(Parser)]
@@ -33,6 +34,10 @@ struct RunArgs {
     /// Namespace whose DedupClusters this operator reconciles; empty: every namespace.
     #[arg(long = "namespace", env = "WATCH_NAMESPACE", default_value = "")]
     watch_namespace: String,
+    /// Namespace of the leader-election Lease (`kafka-deduplicator-operator`); empty: no
+    /// election (run one replica only). The manifests set it to the pod's namespace.
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE", default_value = "")]
+    leader_election_namespace: String,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -89,15 +94,62 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let server = tokio::spawn(http::serve(listener, Arc::new(registry), health, async {
         let _ = stopped.await;
     }));
+    // SIGTERM or Ctrl-C, seen by every waiter.
+    let (terminate, terminated) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = terminate.send(true);
+    });
+    let until_terminated = |mut terminated: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = terminated.wait_for(|t| *t).await;
+    };
+
     let namespace = Some(args.watch_namespace).filter(|n| !n.is_empty());
-    tracing::info!(
-        namespace = namespace.as_deref().unwrap_or("(all)"),
-        "operator started"
-    );
-    operator::controller::run(client, namespace, metrics, shutdown_signal()).await;
+    let election = Some(args.leader_election_namespace).filter(|n| !n.is_empty());
+    let leadership = match &election {
+        Some(lease_namespace) => {
+            let holder = std::env::var("POD_NAME")
+                .unwrap_or_else(|_| format!("operator-{}", std::process::id()));
+            tokio::select! {
+                leadership = Leadership::acquire(client.clone(), lease_namespace, holder) => Some(leadership),
+                _ = until_terminated(terminated.clone()) => None,
+            }
+        }
+        None => None,
+    };
+    let result = if election.is_some() && leadership.is_none() {
+        Ok(()) // terminated while waiting to lead
+    } else {
+        tracing::info!(
+            namespace = namespace.as_deref().unwrap_or("(all)"),
+            "operator started"
+        );
+        let controller = operator::controller::run(
+            client,
+            namespace,
+            metrics,
+            until_terminated(terminated.clone()),
+        );
+        match &leadership {
+            None => {
+                controller.await;
+                Ok(())
+            }
+            Some(leadership) => {
+                let outcome = tokio::select! {
+                    _ = controller => Ok(()),
+                    why = leadership.keep() => Err(format!("leadership lost ({why}); exiting so that one replica reconciles")),
+                };
+                if outcome.is_ok() {
+                    leadership.step_down().await;
+                }
+                outcome
+            }
+        }
+    };
     let _ = stop.send(());
     let _ = server.await;
-    Ok(())
+    Ok(result?)
 }
 
 async fn shutdown_signal() {
