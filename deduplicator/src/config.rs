@@ -129,6 +129,13 @@ pub struct Config {
     #[arg(long, env = env::KAFKA_SASL_PASSWORD, hide_env_values = true)]
     pub kafka_sasl_password: Option<String>,
 
+    /// librdkafka properties that hold secrets (`sasl.jaas.config`,
+    /// `ssl.key.password`, `sasl.oauthbearer.client.secret`, ...), for consumer and
+    /// producer: `key=value`, one per line (values may contain commas). Applied after
+    /// KAFKA_PROPERTIES. Never logged, not even in error messages.
+    #[arg(long, env = env::KAFKA_SECRET_PROPERTIES, default_value = "", hide_env_values = true, hide_default_value = true, value_parser = parse_secret_properties)]
+    pub kafka_secret_properties: SecretProperties,
+
     /// At-least-once: how often the offsets of final messages are committed. A crash
     /// republishes at most the originals consumed within this interval plus those in
     /// flight (MAX_IN_FLIGHT_MESSAGES); shorter means more commit requests.
@@ -260,9 +267,66 @@ pub fn parse_properties(text: &str) -> Result<Properties, String> {
     Ok(Properties(pairs))
 }
 
+/// librdkafka properties holding secrets; `Debug` shows their keys only. Text that does
+/// not parse is kept as the error (reported by [`Config::validate`]): clap would echo a
+/// value its parser refuses.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretProperties(pub Vec<(String, String)>, pub Option<String>);
+
+impl std::fmt::Debug for SecretProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| format!("{k}=<redacted>")))
+            .finish()
+    }
+}
+
+/// A librdkafka configuration error without the value it was given: rdkafka's error
+/// carries the property's value and shows it, and the value may be a secret
+/// (KAFKA_SECRET_PROPERTIES, KAFKA_SASL_PASSWORD). The description and key stay.
+pub fn without_value(error: rdkafka::error::KafkaError) -> rdkafka::error::KafkaError {
+    use rdkafka::error::KafkaError;
+    match error {
+        KafkaError::ClientConfig(code, description, key, _) => {
+            KafkaError::ClientConfig(code, description, key, "(value not shown)".into())
+        }
+        other => other,
+    }
+}
+
+/// One `key=value` per line. Never fails (see [`SecretProperties`]).
+pub fn parse_secret_properties(text: &str) -> Result<SecretProperties, String> {
+    Ok(match secret_properties(text) {
+        Ok(pairs) => SecretProperties(pairs, None),
+        Err(error) => SecretProperties(Vec::new(), Some(error)),
+    })
+}
+
+/// One `key=value` per line; an error names the line, never its text.
+fn secret_properties(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                pairs.push((key.trim().to_string(), value.to_string()))
+            }
+            _ => {
+                return Err(format!(
+                    "line {} is not a property: expected key=value, one per line (the line is not shown: it may hold a secret)",
+                    number + 1
+                ))
+            }
+        }
+    }
+    Ok(pairs)
+}
+
 impl Config {
     /// The librdkafka properties common to consumer and producer: bootstrap servers,
-    /// SASL credentials, then KAFKA_PROPERTIES.
+    /// SASL credentials, KAFKA_PROPERTIES, then KAFKA_SECRET_PROPERTIES.
     pub fn kafka_client_properties(&self) -> Vec<(&str, &str)> {
         let mut properties = vec![("bootstrap.servers", self.kafka_hosts.as_str())];
         if let Some(username) = &self.kafka_sasl_username {
@@ -275,6 +339,7 @@ impl Config {
             self.kafka_properties
                 .0
                 .iter()
+                .chain(&self.kafka_secret_properties.0)
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
         properties
@@ -295,6 +360,9 @@ impl Config {
 
     /// Settings that are valid one by one but not together.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(error) = &self.kafka_secret_properties.1 {
+            return Err(format!("{}: {error}", env::KAFKA_SECRET_PROPERTIES));
+        }
         if self.commit_interval.is_zero() {
             return Err(format!(
                 "{} must be above 0 (e.g. 1s, 200ms)",
@@ -467,5 +535,33 @@ mod tests {
             ])
         );
         assert_eq!(parse_properties("").unwrap(), Properties::default());
+    }
+
+    #[test]
+    fn secret_properties_keep_commas_and_never_show_their_values() {
+        let parsed = parse_secret_properties(
+            "sasl.jaas.config=Module required user=\"a,b\" password=\"s3cret\";\nssl.key.password=k=v\n",
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.0,
+            vec![
+                (
+                    "sasl.jaas.config".to_string(),
+                    "Module required user=\"a,b\" password=\"s3cret\";".to_string()
+                ),
+                ("ssl.key.password".to_string(), "k=v".to_string()),
+            ]
+        );
+        let shown = format!("{parsed:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("sasl.jaas.config"),
+            "{shown}"
+        );
+        let error = parse_secret_properties("ok=1\nhunter2").unwrap().1.unwrap();
+        assert!(
+            error.contains("line 2") && !error.contains("hunter2"),
+            "{error}"
+        );
     }
 }

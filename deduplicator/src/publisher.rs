@@ -102,7 +102,7 @@ impl Publisher {
             client.set(key, value);
         }
         Ok(Self {
-            producer: client.create()?,
+            producer: client.create().map_err(crate::config::without_value)?,
             output_topic: config.output_topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
             max_attempts: config.publish_max_attempts,

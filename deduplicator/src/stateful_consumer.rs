@@ -109,7 +109,7 @@ impl StatefulKafkaConsumer {
             })
             .map_err(|source| RunError::Kafka {
                 role: "consumer",
-                source,
+                source: crate::config::without_value(source),
             })?;
         let consumer = Arc::new(consumer);
         handler.attach(&consumer);

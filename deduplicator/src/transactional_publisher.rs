@@ -399,7 +399,8 @@ impl TransactionalPublisher {
 
 /// Creates a transactional producer and initialises its id.
 async fn init(client: &ClientConfig, timeout: Duration) -> Result<Arc<FutureProducer>, KafkaError> {
-    let producer: Arc<FutureProducer> = Arc::new(client.create()?);
+    let producer: Arc<FutureProducer> =
+        Arc::new(client.create().map_err(crate::config::without_value)?);
     let initialising = Arc::clone(&producer);
     blocking(move || initialising.init_transactions(timeout)).await?;
     Ok(producer)

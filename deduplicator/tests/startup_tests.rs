@@ -119,3 +119,25 @@ fn an_unusable_store_path_fails_start_up_naming_it() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("STORE_PATH"), "{stderr}");
 }
+
+#[test]
+fn secret_properties_reach_the_kafka_client_and_are_never_shown() {
+    // Not key=value: named by variable and line, the text not echoed.
+    let (code, stderr) = run_with(&[("KAFKA_SECRET_PROPERTIES", "hunter2")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("KAFKA_SECRET_PROPERTIES") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "a secret was shown: {stderr}");
+
+    // A property librdkafka does not know: refused when the client is created (so the
+    // pairs do reach it), with the key named and the value not shown.
+    let (code, stderr) = run_with(&[(
+        "KAFKA_SECRET_PROPERTIES",
+        "no.such.secret.property=hunter2, with a comma",
+    )]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("no.such.secret.property"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "a secret was shown: {stderr}");
+}

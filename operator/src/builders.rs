@@ -251,7 +251,44 @@ fn env_vars(cluster: &DedupCluster) -> Vec<EnvVar> {
             });
         }
     }
+    // Secret properties: each value from its Secret key into a variable of its own, then
+    // KAFKA_SECRET_PROPERTIES refers to them (`$(VAR)`, expanded by the kubelet), so the
+    // values are never in the pod spec or the ConfigMap.
+    let secret_properties = &cluster.spec.kafka.secret_properties;
+    if !secret_properties.is_empty() {
+        let mut lines = Vec::new();
+        for (i, (key, selector)) in secret_properties.iter().enumerate() {
+            let name = format!("{SECRET_PROPERTY_VAR}{i}");
+            lines.push(format!("{key}=$({name})"));
+            vars.push(EnvVar {
+                name,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(selector.clone()),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        }
+        vars.push(EnvVar {
+            name: env::KAFKA_SECRET_PROPERTIES.into(),
+            value: Some(lines.join("\n")),
+            ..EnvVar::default()
+        });
+    }
     vars
+}
+
+/// Prefix of the variables holding secret properties' values (`…0`, `…1`, …).
+pub const SECRET_PROPERTY_VAR: &str = "DEDUP_SECRET_PROPERTY_";
+
+/// Annotation of the pod template carrying a hash of the referenced Secrets' versions:
+/// a changed Secret rolls the pods.
+pub const SECRETS_HASH_ANNOTATION: &str = "kafka-deduplicator.dev/secrets-hash";
+
+/// A short, stable hash of (Secret name, resourceVersion) pairs; the operator reads
+/// only the Secrets' metadata, never their data.
+pub fn secrets_hash(versions: &BTreeMap<String, String>) -> String {
+    config_hash(versions)
 }
 
 fn env_from(cluster: &DedupCluster) -> Vec<EnvFromSource> {

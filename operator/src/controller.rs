@@ -9,18 +9,21 @@
 //! status writes do not trigger it; StatefulSets it owns trigger it on any change, which
 //! is how ready replicas reach the status.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::runtime::{reflector, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
@@ -151,7 +154,22 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
     }
 
     let owner = builders::owner_reference(cluster).ok_or(Error::MissingObjectKey)?;
-    let statefulset = match apply_children(ctx, cluster, &namespace, &owner).await {
+    let secrets = match secret_versions(ctx, cluster, &namespace).await? {
+        Ok(versions) => versions,
+        Err(missing) => {
+            // Pods would not start without it; its creation triggers a reconcile.
+            let message = format!(
+                "Secret {missing} (referenced by the spec) does not exist in namespace {namespace}"
+            );
+            let status = failed_status(cluster, &previous, "SecretNotFound", &message);
+            if status != previous {
+                publish_event(ctx, cluster, EventType::Warning, "SecretNotFound", &message).await;
+                write_status(&clusters, &name, &status).await?;
+            }
+            return Ok(Action::requeue(RESYNC));
+        }
+    };
+    let statefulset = match apply_children(ctx, cluster, &namespace, &owner, &secrets).await {
         Ok(statefulset) => statefulset,
         Err(error) => {
             // The server refused a child (admission, quota, RBAC, an immutable field):
@@ -190,11 +208,32 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
 
 /// Applies the ConfigMap, Service, StatefulSet and PodDisruptionBudget; returns the
 /// StatefulSet as the server has it.
+/// The resourceVersion of each Secret the spec references (metadata only: the operator
+/// never reads Secret data), or the name of one that does not exist.
+async fn secret_versions(
+    ctx: &Context,
+    cluster: &DedupCluster,
+    namespace: &str,
+) -> Result<Result<BTreeMap<String, String>, String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut versions = BTreeMap::new();
+    for name in cluster.spec.referenced_secrets() {
+        match secrets.get_metadata_opt(&name).await? {
+            Some(secret) => {
+                versions.insert(name, secret.metadata.resource_version.unwrap_or_default());
+            }
+            None => return Ok(Err(name)),
+        }
+    }
+    Ok(Ok(versions))
+}
+
 async fn apply_children(
     ctx: &Context,
     cluster: &DedupCluster,
     namespace: &str,
     owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    secrets: &BTreeMap<String, String>,
 ) -> Result<StatefulSet, Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let client = &ctx.client;
@@ -212,13 +251,21 @@ async fn apply_children(
         &builders::service(cluster, owner),
     )
     .await?;
-    let statefulset = apply(
-        client,
-        namespace,
-        &params,
-        &builders::stateful_set(cluster, owner),
-    )
-    .await?;
+    let mut wanted = builders::stateful_set(cluster, owner);
+    if !secrets.is_empty() {
+        let annotations = wanted
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.metadata.as_mut())
+            .map(|m| m.annotations.get_or_insert_with(BTreeMap::new));
+        if let Some(annotations) = annotations {
+            annotations.insert(
+                builders::SECRETS_HASH_ANNOTATION.into(),
+                builders::secrets_hash(secrets),
+            );
+        }
+    }
+    let statefulset = apply(client, namespace, &params, &wanted).await?;
     apply(
         client,
         namespace,
@@ -528,8 +575,28 @@ pub async fn run(
     // Children only: every object the operator makes carries its managed-by label, so
     // the watches do not hold every ConfigMap, Service and StatefulSet of the cluster.
     let children = || watcher::Config::default().labels(&builders::managed_by_selector());
+    // Secrets, metadata only: a change of one a cluster references rolls its pods.
+    let referencing = reader.clone();
+    let secret_changes = watcher(
+        scoped::<PartialObjectMeta<Secret>>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
     let ctx = Arc::new(Context::new(client, Arc::clone(&metrics)));
     Controller::for_stream(cluster_changes, reader)
+        .watches_stream(secret_changes, move |secret: PartialObjectMeta<Secret>| {
+            let name = secret.name_any();
+            let secret_namespace = secret.namespace();
+            referencing
+                .state()
+                .into_iter()
+                .filter(|c| {
+                    c.namespace() == secret_namespace && c.spec.referenced_secrets().contains(&name)
+                })
+                .map(|c| ObjectRef::from_obj(&*c))
+                .collect::<Vec<_>>()
+        })
         .owns(statefulsets, children())
         .owns(scoped::<ConfigMap>(&ctx.client, namespace), children())
         .owns(scoped::<Service>(&ctx.client, namespace), children())

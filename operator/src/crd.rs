@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy;
 use k8s_openapi::api::core::v1::{
-    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
-    Volume, VolumeMount,
+    Affinity, LocalObjectReference, ResourceRequirements, SecretKeySelector, Toleration,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -42,6 +42,8 @@ use serde::{Deserialize, Serialize};
         .message("exactly-once needs kafka.outputTopic: the output is what the transactions commit"),
     validation = Rule::new("!has(self.kafka.outputTopic) || self.kafka.outputTopic != self.kafka.inputTopic")
         .message("kafka.outputTopic must differ from kafka.inputTopic, or every event would be consumed again"),
+    validation = Rule::new("!has(self.kafka.properties) || self.kafka.properties.all(k, !(k.contains('password') || k.contains('secret') || k.contains('jaas') || k.endsWith('key.pem') || k == 'sasl.oauthbearer.config'))")
+        .message("kafka.properties must not hold secrets (passwords, sasl.jaas.config, client secrets, private keys): take them from a Secret with kafka.secretProperties"),
     validation = Rule::new("!has(self.checkpoint.interval) || !self.checkpoint.interval.matches('^0+(ms|s|m|h|d)?$')")
         .message("checkpoint.interval 0 turns checkpoints off, and a partition that moves would start with an empty store; set an interval above 0")
 )]
@@ -210,6 +212,13 @@ pub struct KafkaSpec {
     /// Credentials do not belong here: use `credentialsSecret`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+
+    /// librdkafka properties that hold secrets, each taken from a key of a Secret in the
+    /// same namespace, e.g. `sasl.jaas.config: {name: kafka-client, key: jaas}`. Their
+    /// values reach the pods' environment by reference only, never a ConfigMap, a log
+    /// line or an Event; a change of the Secret rolls the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_properties: BTreeMap<String, SecretKeySelector>,
 
     /// Name of a Secret in the same namespace with keys `username` and `password`,
     /// passed to the deduplicator as SASL credentials.
@@ -452,6 +461,29 @@ impl DedupClusterSpec {
             );
         }
         for key in self.kafka.properties.keys() {
+            if holds_secret(key) {
+                return invalid(
+                    "kafka.properties",
+                    format!(
+                        "`{key}` holds a secret: take it from a Secret with kafka.secretProperties"
+                    ),
+                );
+            }
+        }
+        for key in self.kafka.secret_properties.keys() {
+            if key.trim().is_empty() || self.kafka.properties.contains_key(key) {
+                return invalid(
+                    "kafka.secretProperties",
+                    format!("`{key}` is empty or also in kafka.properties"),
+                );
+            }
+        }
+        for key in self
+            .kafka
+            .properties
+            .keys()
+            .chain(self.kafka.secret_properties.keys())
+        {
             if matches!(
                 key.as_str(),
                 "bootstrap.servers"
@@ -525,6 +557,34 @@ impl DedupClusterSpec {
             );
         }
         Ok(())
+    }
+}
+
+/// Whether a librdkafka property holds a secret (the CRD's CEL rule says the same).
+pub fn holds_secret(key: &str) -> bool {
+    key.contains("password")
+        || key.contains("secret")
+        || key.contains("jaas")
+        || key.ends_with("key.pem")
+        || key == "sasl.oauthbearer.config"
+}
+
+impl DedupClusterSpec {
+    /// The names of the Secrets the pods reference: SASL credentials, S3 credentials,
+    /// secret properties.
+    pub fn referenced_secrets(&self) -> std::collections::BTreeSet<String> {
+        self.kafka
+            .credentials_secret
+            .iter()
+            .chain(&self.checkpoint.credentials_secret)
+            .cloned()
+            .chain(
+                self.kafka
+                    .secret_properties
+                    .values()
+                    .map(|s| s.name.clone()),
+            )
+            .collect()
     }
 }
 

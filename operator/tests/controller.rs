@@ -6,7 +6,7 @@ mod fixtures;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -46,6 +46,21 @@ impl Harness {
             .create(&PostParams::default(), &cluster)
             .await
             .expect("create DedupCluster");
+        // The Secrets the spec references exist (the operator checks them before applying).
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+        for name in cluster.spec.referenced_secrets() {
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name),
+                    ..Default::default()
+                },
+                ..Secret::default()
+            };
+            secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .expect("create Secret");
+        }
         let metrics = Arc::new(Metrics::new(&mut Registry::default()));
         Self {
             statefulsets: Api::namespaced(client.clone(), NAMESPACE),

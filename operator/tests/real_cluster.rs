@@ -130,7 +130,9 @@ fn install_manifests() {
     });
 }
 
-/// A namespace of one test, enforcing Pod Security `restricted`; deleted when dropped.
+/// A namespace of one test, enforcing Pod Security `restricted`, holding the S3
+/// credentials Secret the example references (the README's install creates it); deleted
+/// when dropped.
 struct TestNamespace {
     name: String,
 }
@@ -151,6 +153,16 @@ impl TestNamespace {
                  pod-security.kubernetes.io/enforce-version: latest\n"
             )),
         );
+        kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "dedup-s3-credentials",
+            "--namespace",
+            &name,
+            "--from-literal=AWS_ACCESS_KEY_ID=test",
+            "--from-literal=AWS_SECRET_ACCESS_KEY=test",
+        ]);
         Self { name }
     }
 }
@@ -1212,4 +1224,129 @@ async fn two_operator_replicas_elect_one_leader_and_the_other_takes_over() {
     .await;
     assert!(second.reconciles() > 0);
     assert_eq!(String::from_utf8_lossy(&holder().stdout), "operator-b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::create("secrets");
+    let secret = |value: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Secret", "metadata": {{"name": "kafka-client"}},
+                "stringData": {{"jaas": "PlainLoginModule required username=\"app\" password=\"{value}\";"}}}}"#
+        )
+    };
+    apply(&ns.name, &secret("hunter2-first"));
+    let operator = Operator::start(&ns.name);
+
+    // A secret in plain properties is refused at admission.
+    let error = kubectl_refused(
+        &["apply", "--namespace", &ns.name, "-f", "-"],
+        Some(&example("plain", 1, |spec| {
+            spec["kafka"]["properties"] =
+                serde_json::json!({"sasl.jaas.config": "PlainLoginModule required;"});
+        })),
+    );
+    assert!(
+        error.contains("kafka.properties must not hold secrets"),
+        "{error}"
+    );
+
+    apply(
+        &ns.name,
+        &example("sealed", 2, |spec| {
+            spec["kafka"]["properties"] = serde_json::json!({"security.protocol": "SASL_SSL"});
+            spec["kafka"]["secretProperties"] = serde_json::json!({
+                "sasl.jaas.config": {"name": "kafka-client", "key": "jaas"}});
+        }),
+    );
+    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
+    ready(&clusters, "sealed", &operator).await;
+    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
+    let sts = statefulsets.get("sealed").await.unwrap();
+    let container = &sts
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let env = container.env.clone().unwrap_or_default();
+    let var = |name: &str| env.iter().find(|v| v.name == name).cloned();
+    assert_eq!(
+        var("KAFKA_SECRET_PROPERTIES")
+            .and_then(|v| v.value)
+            .as_deref(),
+        Some("sasl.jaas.config=$(DEDUP_SECRET_PROPERTY_0)")
+    );
+    let reference = var("DEDUP_SECRET_PROPERTY_0")
+        .and_then(|v| v.value_from)
+        .and_then(|v| v.secret_key_ref)
+        .expect("the value comes from the Secret");
+    assert_eq!(
+        (reference.name.as_str(), reference.key.as_str()),
+        ("kafka-client", "jaas")
+    );
+    let revision = |s: &StatefulSet| s.status.as_ref().and_then(|s| s.update_revision.clone());
+    let first_revision = revision(&sts);
+
+    // A rotated Secret rolls the pods.
+    apply(&ns.name, &secret("hunter2-second"));
+    eventually("the pods roll onto the rotated Secret", WAIT, || async {
+        let now = statefulsets
+            .get("sealed")
+            .await
+            .map_err(|e| e.to_string())?;
+        if revision(&now) != first_revision {
+            Ok(())
+        } else {
+            Err(format!("revision {:?}", revision(&now)))
+        }
+    })
+    .await;
+    ready(&clusters, "sealed", &operator).await;
+
+    // A reference to a Secret that does not exist is reported; creating it is enough.
+    apply(
+        &ns.name,
+        &example("awaiting", 1, |spec| {
+            spec["kafka"]["credentialsSecret"] = "not-yet".into();
+        }),
+    );
+    let degraded = eventually("Degraded SecretNotFound", WAIT, || async {
+        let status = clusters
+            .get("awaiting")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        match condition(&status, "Degraded") {
+            Some(c) if c.status == "True" => Ok(c.clone()),
+            _ => Err(format!("{status:?}")),
+        }
+    })
+    .await;
+    assert_eq!(degraded.reason, "SecretNotFound");
+    assert!(degraded.message.contains("not-yet"), "{}", degraded.message);
+    apply(
+        &ns.name,
+        r#"{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "not-yet"},
+            "stringData": {"username": "app", "password": "hunter2-third"}}"#,
+    );
+    ready(&clusters, "awaiting", &operator).await;
+
+    // No secret value in a ConfigMap, an Event or the operator's log.
+    let configs = kubectl(&["get", "configmaps", "--namespace", &ns.name, "-o", "json"]);
+    let events = kubectl(&["get", "events", "--namespace", &ns.name, "-o", "json"]);
+    for (what, text) in [
+        ("ConfigMaps", configs),
+        ("Events", events),
+        ("operator log", operator.log()),
+    ] {
+        assert!(!text.contains("hunter2"), "a secret value in the {what}");
+    }
 }
