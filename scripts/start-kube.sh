@@ -347,6 +347,7 @@ metadata:
 provisioner: kwok.x-k8s.io/volume
 reclaimPolicy: Delete
 volumeBindingMode: Immediate
+allowVolumeExpansion: true
 EOF
   node_ready() {
     [ "$(KUBECONFIG="$admin_kubeconfig" kubectl get node "$fake_node" \

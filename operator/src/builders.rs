@@ -38,7 +38,8 @@ pub const HTTP_PORT: i32 = 8080;
 pub const DATA_DIR: &str = "/data";
 /// Annotation carrying the hash of the ConfigMap data on the pod template.
 pub const CONFIG_HASH_ANNOTATION: &str = "kafka-deduplicator.dev/config-hash";
-const DATA_VOLUME: &str = "data";
+/// Name of the claim template (the pods' claims are `data-NAME-N`).
+pub const DATA_VOLUME: &str = "data";
 const APP: &str = "kafka-deduplicator";
 /// Unprivileged user of the image (distroless "nonroot").
 const RUN_AS_USER: i64 = 65532;

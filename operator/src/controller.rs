@@ -33,6 +33,7 @@ use serde::Serialize;
 use crate::builders;
 use crate::crd::{DedupCluster, DedupClusterStatus};
 use crate::metrics::Metrics;
+use crate::storage;
 
 /// The one field manager of every apply.
 pub const FIELD_MANAGER: &str = "kafka-deduplicator-operator";
@@ -60,6 +61,9 @@ pub enum Error {
     },
     #[error("the resource has no name, namespace or uid")]
     MissingObjectKey,
+    /// A step that completes by itself (the garbage collector); retried shortly.
+    #[error("waiting: {0}")]
+    Waiting(&'static str),
 }
 
 impl Error {
@@ -69,6 +73,7 @@ impl Error {
             Error::Apply { .. } => "apply",
             Error::Serialize { .. } => "serialize",
             Error::MissingObjectKey => "missing_object_key",
+            Error::Waiting(_) => "waiting",
         }
     }
 }
@@ -171,6 +176,10 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
     };
     let statefulset = match apply_children(ctx, cluster, &namespace, &owner, &secrets).await {
         Ok(statefulset) => statefulset,
+        Err(Error::Waiting(what)) => {
+            tracing::info!(%namespace, %name, what, "waiting");
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
         Err(error) => {
             // The server refused a child (admission, quota, RBAC, an immutable field):
             // say so in the status, then let the error policy retry with backoff.
@@ -252,6 +261,12 @@ async fn apply_children(
     )
     .await?;
     let mut wanted = builders::stateful_set(cluster, owner);
+    if !storage::prepare(ctx, cluster, namespace, &wanted).await? {
+        // The old StatefulSet is being removed (its pods stay); apply once it is gone.
+        return Err(Error::Waiting(
+            "the StatefulSet is being re-created for the new volume size",
+        ));
+    }
     if !secrets.is_empty() {
         let annotations = wanted
             .spec
@@ -318,7 +333,7 @@ async fn write_status(
     Ok(())
 }
 
-async fn publish_event(
+pub(crate) async fn publish_event(
     ctx: &Context,
     cluster: &DedupCluster,
     type_: EventType,

@@ -73,13 +73,19 @@ pub struct DedupClusterSpec {
     #[serde(default)]
     pub dedup: DedupSpec,
 
-    /// The volume each pod keeps its partition stores and local checkpoints on.
-    /// Immutable: a StatefulSet's volume claim templates cannot change
-    /// (docs/operator.md, "Changing storage").
+    /// The volume each pod keeps its partition stores and local checkpoints on. The size
+    /// can grow (the pods' volumes are expanded where the StorageClass allows it); it
+    /// cannot shrink, and the StorageClass cannot change (docs/operator.md, "Changing
+    /// storage").
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self == oldSelf").message(
-        "spec.storage is immutable: a StatefulSet's volume claim templates cannot change (docs/operator.md, \"Changing storage\")"
-    ))]
+    #[x_kube(
+        validation = Rule::new("quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0").message(
+            "spec.storage.size can grow but not shrink: volumes cannot be made smaller (docs/operator.md, \"Changing storage\")"
+        ),
+        validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message(
+            "spec.storage.storageClassName is immutable: existing volumes cannot move to another class (docs/operator.md, \"Changing storage\")"
+        )
+    )]
     pub storage: StorageSpec,
 
     /// Checkpoint policy: how often stores are snapshotted and where they are kept.

@@ -7,12 +7,14 @@
 //! - [`controller`]: reconcile, status, error policy, the controller loop.
 //! - [`leader`]: leader election through a Lease.
 //! - [`metrics`]: reconcile metrics.
+//! - [`storage`]: growing the pods' volumes.
 
 pub mod builders;
 pub mod controller;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
+pub mod storage;
 
 use kube::CustomResourceExt;
 

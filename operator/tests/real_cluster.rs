@@ -796,25 +796,36 @@ async fn admission_refuses_what_the_schema_can_express_and_degraded_reports_the_
         "{error}"
     );
 
-    // Storage is immutable (a StatefulSet's volumeClaimTemplates cannot change): refused
-    // at admission, not wedged in the reconcile.
+    // Volumes cannot shrink or change class: refused at admission, not wedged in the
+    // reconcile (a StatefulSet's volumeClaimTemplates cannot change).
     apply(&ns.name, &example("stored", 1, |_| {}));
     let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
     ready(&clusters, "stored", &operator).await;
-    let error = kubectl_refused(
-        &[
-            "patch",
-            "dedup",
-            "stored",
-            "--namespace",
-            &ns.name,
-            "--type=merge",
-            "-p",
-            r#"{"spec": {"storage": {"size": "40Gi"}}}"#,
-        ],
-        None,
-    );
-    assert!(error.contains("spec.storage is immutable"), "{error}");
+    for (patch, message) in [
+        (
+            r#"{"spec": {"storage": {"size": "10Gi"}}}"#,
+            "spec.storage.size can grow but not shrink",
+        ),
+        (
+            r#"{"spec": {"storage": {"storageClassName": "other"}}}"#,
+            "spec.storage.storageClassName is immutable",
+        ),
+    ] {
+        let error = kubectl_refused(
+            &[
+                "patch",
+                "dedup",
+                "stored",
+                "--namespace",
+                &ns.name,
+                "--type=merge",
+                "-p",
+                patch,
+            ],
+            None,
+        );
+        assert!(error.contains(message), "{error}");
+    }
 
     // What the schema cannot express reaches the Degraded condition.
     apply(
@@ -1349,4 +1360,145 @@ async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown()
     ] {
         assert!(!text.contains("hunter2"), "a secret value in the {what}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_larger_storage_size_expands_the_volumes_without_restarting_pods() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::create("expand");
+    let class = format!("{}-expandable", ns.name);
+    kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"{{"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {{"name": "{class}"}}, "provisioner": "kwok.x-k8s.io/volume",
+                "allowVolumeExpansion": true, "volumeBindingMode": "Immediate"}}"#
+        )),
+    );
+    let operator = Operator::start(&ns.name);
+    apply(
+        &ns.name,
+        &example("growing", 2, |spec| {
+            spec["storage"] = serde_json::json!({"size": "10Gi", "storageClassName": class});
+        }),
+    );
+    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
+    ready(&clusters, "growing", &operator).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+    let uids = || async {
+        let mut uids: Vec<Option<String>> = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=growing"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|p| p.metadata.uid)
+            .collect();
+        uids.sort();
+        uids
+    };
+    let before = uids().await;
+    let first_sts = Api::<StatefulSet>::namespaced(client.clone(), &ns.name)
+        .get("growing")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+
+    // 20480Mi: the same as 20Gi, spelled otherwise (the server keeps its own spelling).
+    kubectl(&[
+        "patch",
+        "dedup",
+        "growing",
+        "--namespace",
+        &ns.name,
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"storage": {"size": "20480Mi"}}}"#,
+    ]);
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns.name);
+    eventually("both claims request 20Gi", WAIT, || async {
+        let sizes: Vec<String> = claims
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .iter()
+            .filter_map(|c| {
+                c.spec
+                    .as_ref()?
+                    .resources
+                    .as_ref()?
+                    .requests
+                    .as_ref()?
+                    .get("storage")
+                    .map(|q| q.0.clone())
+            })
+            .collect();
+        if sizes.len() == 2 && sizes.iter().all(|s| s == "20Gi" || s == "20480Mi") {
+            Ok(())
+        } else {
+            Err(format!("{sizes:?}"))
+        }
+    })
+    .await;
+    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
+    let sts = eventually(
+        "the StatefulSet is re-created with the new template",
+        WAIT,
+        || async {
+            let sts = statefulsets
+                .get("growing")
+                .await
+                .map_err(|e| e.to_string())?;
+            let size = sts
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_claim_templates.as_ref())
+                .and_then(|t| {
+                    t[0].spec
+                        .as_ref()?
+                        .resources
+                        .as_ref()?
+                        .requests
+                        .as_ref()?
+                        .get("storage")
+                        .map(|q| q.0.clone())
+                });
+            if sts.metadata.uid != first_sts
+                && size
+                    .as_deref()
+                    .is_some_and(|s| s == "20Gi" || s == "20480Mi")
+            {
+                Ok(sts)
+            } else {
+                Err(format!("uid {:?}, size {size:?}", sts.metadata.uid))
+            }
+        },
+    )
+    .await;
+    assert!(sts.metadata.deletion_timestamp.is_none());
+    ready(&clusters, "growing", &operator).await;
+    assert_eq!(uids().await, before, "a pod was replaced");
+    let described = kubectl(&["describe", "dedup", "growing", "--namespace", &ns.name]);
+    assert!(described.contains("VolumesExpanded"), "{described}");
+
+    // Steady: a reconcile now re-creates nothing (the spellings differ, the sizes do not).
+    let settled = statefulsets.get("growing").await.unwrap().metadata.uid;
+    kubectl(&[
+        "label",
+        "configmap",
+        "growing-config",
+        "--namespace",
+        &ns.name,
+        "touched=yes",
+    ]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        statefulsets.get("growing").await.unwrap().metadata.uid,
+        settled
+    );
+    kubectl(&["delete", "storageclass", &class, "--wait=false"]);
 }
