@@ -326,7 +326,10 @@ fn now_ms() -> i64 {
 }
 
 /// Keeps `owners/{consumer_group}/{pod_name}.json` up to date with the partitions this
-/// pod owns after each rebalance; the restorer reads it before the pod's next start.
+/// pod owns after each rebalance, and rewrites it every CHECKPOINT_INTERVAL (its
+/// `updated_at_ms` says the pod is alive): the restorer reads it before the pod's next
+/// start, and ignores a record older than OWNER_RECORD_MAX_AGE (a pod that was gone long
+/// enough for its partitions to move, e.g. scaled down and up again).
 pub async fn owner_record_loop(handler: Arc<RebalanceHandler>) {
     let pipeline = Arc::clone(&handler.pipeline);
     let config = &pipeline.config;
@@ -340,9 +343,23 @@ pub async fn owner_record_loop(handler: Arc<RebalanceHandler>) {
     );
     let mut owners = handler.owners();
     let mut pending = false;
+    let refresh = Some(config.checkpoint_interval).filter(|i| !i.is_zero());
+    let mut written = false;
     loop {
-        if !pending && owners.changed().await.is_err() {
-            return;
+        if !pending {
+            let changed = match refresh {
+                Some(every) => tokio::select! {
+                    changed = owners.changed() => Some(changed),
+                    _ = tokio::time::sleep(every) => None,
+                },
+                None => Some(owners.changed().await),
+            };
+            match changed {
+                Some(Err(_)) => return,
+                // Refresh only a record this process has written (its assignment).
+                None if !written => continue,
+                _ => {}
+            }
         }
         pending = false;
         let partitions = owners.borrow_and_update().clone();
@@ -363,6 +380,7 @@ pub async fn owner_record_loop(handler: Arc<RebalanceHandler>) {
                 Ok(()) => {
                     Metrics::count(&pipeline.metrics.owner_record_writes, "success");
                     tracing::info!(key, ?partitions, "ownership record written");
+                    written = true;
                     break;
                 }
                 Err(error) => {

@@ -222,6 +222,17 @@ fn consumption_continues_while_s3_is_unreachable_and_uploads_resume_after() {
         WAIT,
         |_| s3.get(&owner_key).is_some(),
     );
+    // Rewritten every CHECKPOINT_INTERVAL (its updated_at_ms says the pod is alive; the
+    // restorer ignores a record older than OWNER_RECORD_MAX_AGE).
+    let first = s3.get(&owner_key);
+    dedup.wait_until(
+        "the ownership record is rewritten with a newer time",
+        WAIT,
+        |_| {
+            s3.get(&owner_key)
+                .is_some_and(|now| Some(&now) != first.as_ref())
+        },
+    );
     assert!(dedup.terminate().success());
     drop(server);
 

@@ -153,6 +153,18 @@ pub fn config_data(cluster: &DedupCluster) -> BTreeMap<String, String> {
     if let Some(interval) = &checkpoint.interval {
         set(env::CHECKPOINT_INTERVAL, interval.clone());
     }
+    // Pods rewrite their ownership record every interval; the restorer ignores a record
+    // not rewritten for three intervals and five minutes (its pod was gone, e.g. scaled
+    // down, and its partitions have moved).
+    let interval = checkpoint
+        .interval
+        .as_deref()
+        .and_then(|i| dedup_core::config::parse_duration(i).ok())
+        .unwrap_or(std::time::Duration::from_secs(300));
+    set(
+        env::OWNER_RECORD_MAX_AGE,
+        format!("{}s", interval.as_secs() * 3 + 300),
+    );
     if let Some(n) = checkpoint.full_upload_interval {
         set(env::FULL_UPLOAD_INTERVAL, n.to_string());
     }

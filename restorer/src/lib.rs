@@ -41,6 +41,9 @@ pub enum Summary {
     NoRemote,
     /// The pod has no ownership record.
     NoOwnerRecord { key: String },
+    /// The ownership record is older than OWNER_RECORD_MAX_AGE: not this pod's
+    /// partitions any more, most likely.
+    StaleOwnerRecord { key: String, age: Duration },
     /// The ownership record could not be read.
     RecordUnreadable { key: String, error: String },
     /// Each listed partition, with its outcome.
@@ -51,7 +54,7 @@ impl Summary {
     /// Whether something that should have been restored was not.
     pub fn failed(&self) -> bool {
         match self {
-            Self::NoRemote | Self::NoOwnerRecord { .. } => false,
+            Self::NoRemote | Self::NoOwnerRecord { .. } | Self::StaleOwnerRecord { .. } => false,
             Self::RecordUnreadable { .. } => true,
             Self::Partitions(reports) => reports.iter().any(|r| {
                 matches!(
@@ -91,6 +94,15 @@ pub async fn run(config: &Config) -> Summary {
     };
     tracing::info!(key, topic = record.topic, partitions = ?record.partitions,
         updated_at_ms = record.updated_at_ms, "ownership record read");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let age = Duration::from_millis(now_ms.saturating_sub(record.updated_at_ms).max(0) as u64);
+    if age > config.owner_record_max_age {
+        tracing::info!(key, age_seconds = age.as_secs(), max_age_seconds = config.owner_record_max_age.as_secs(),
+            "the ownership record is stale (this pod was gone long enough for its partitions to move): nothing restored; the deduplicator restores what it is assigned");
+        return Summary::StaleOwnerRecord { key, age };
+    }
 
     let mut reports = Vec::new();
     for &partition in &record.partitions {

@@ -119,13 +119,24 @@ async fn upload_store(
 }
 
 async fn write_owner(s3: &S3Remote, pod: &str, partitions: Vec<i32>) {
+    write_owner_at(s3, pod, partitions, now_ms()).await
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn write_owner_at(s3: &S3Remote, pod: &str, partitions: Vec<i32>, updated_at_ms: i64) {
     let record = OwnerRecord {
         format_version: MANIFEST_FORMAT_VERSION,
         consumer_group: GROUP.into(),
         pod_name: pod.into(),
         topic: "events".into(),
         partitions,
-        updated_at_ms: 1,
+        updated_at_ms,
     };
     s3.put_bytes(&owner_key(PREFIX, GROUP, pod), record.to_json().unwrap())
         .await
@@ -253,6 +264,44 @@ async fn an_unknown_pod_restores_nothing_and_succeeds() {
     assert!(output.status.success(), "{text}");
     assert!(text.contains("no ownership record for this pod"), "{text}");
     assert!(!volume.join("events_0").exists());
+}
+
+#[tokio::test]
+async fn a_stale_ownership_record_restores_nothing() {
+    // dedup-4 owned partition 0, then the cluster was scaled down; the record was not
+    // rewritten for two hours. Scaled up again, dedup-4 must not fetch partition 0 (it
+    // most likely belongs to another pod now); the deduplicator restores on assignment.
+    let Some(endpoint) = endpoint() else { return };
+    let bucket = bucket("stale");
+    let s3 = remote(&endpoint, &bucket);
+    s3.ensure_bucket().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    upload_store(&s3, work.path(), 0, &[100]).await;
+    write_owner_at(&s3, "dedup-4", vec![0], now_ms() - 2 * 3_600_000).await;
+    let volume = work.path().join("volume");
+    let (output, _) = run_restorer(
+        &endpoint,
+        &bucket,
+        "dedup-4",
+        &volume,
+        &[("OWNER_RECORD_MAX_AGE", "30m")],
+    );
+    let text = log(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("the ownership record is stale"), "{text}");
+    assert!(!volume.join("events_0").exists());
+
+    // Within the bound, the same record is followed.
+    let (output, _) = run_restorer(
+        &endpoint,
+        &bucket,
+        "dedup-4",
+        &volume,
+        &[("OWNER_RECORD_MAX_AGE", "3h")],
+    );
+    let text = log(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(volume.join("events_0").exists(), "{text}");
 }
 
 #[test]
