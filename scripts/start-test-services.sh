@@ -6,7 +6,8 @@
 #   port DEDUP_TEST_KAFKA_PORT (19092);
 # - Kubernetes: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok's
 #   fake node (scripts/start-kube.sh), the API server on DEDUP_TEST_KUBE_PORT (16443);
-#   it also puts kubectl on PATH.
+#   it also puts kubectl on PATH;
+# - helm and promtool, built by scripts/build-go-tools.sh and put on PATH.
 # Services already started by this script are reused.
 #
 # Progress goes to standard error. Standard output gets only `export NAME=value` lines,
@@ -45,7 +46,12 @@ kafka_exports=$(scripts/start-kafka.sh)
 # Kubernetes
 kube_exports=$(scripts/start-kube.sh)
 
+# helm and promtool (the chart's and the alert rules' tests), on PATH after kubectl.
+eval "$kube_exports"
+tools_exports=$(scripts/build-go-tools.sh)
+
 echo "export DEDUP_TEST_STATE=$state"
 echo "export DEDUP_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port"
 echo "$kafka_exports"
 echo "$kube_exports"
+echo "$tools_exports"

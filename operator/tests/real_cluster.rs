@@ -1502,3 +1502,46 @@ async fn a_larger_storage_size_expands_the_volumes_without_restarting_pods() {
     );
     kubectl(&["delete", "storageclass", &class, "--wait=false"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_with_its_options_is_accepted_by_the_api_server() {
+    let Some(_client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::create("chart");
+    // Single-namespace mode, no leader election, a NetworkPolicy; the monitoring objects
+    // need the Prometheus operator's CRDs, which this control plane does not have.
+    let rendered = Command::new("helm")
+        .args([
+            "template",
+            "kafka-deduplicator",
+            "charts/kafka-deduplicator",
+            "--namespace",
+            &ns.name,
+            "--set",
+            &format!(
+                "namespace.create=false,watchNamespace={},leaderElection.enabled=false,networkPolicy.enabled=true",
+                ns.name
+            ),
+        ])
+        .current_dir(repo_root())
+        .output()
+        .expect("helm is on PATH (scripts/start-test-services.sh)");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let manifest = String::from_utf8_lossy(&rendered.stdout).into_owned();
+    let applied = kubectl_in(
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(&manifest),
+    );
+    for object in [
+        "deployment.apps/kafka-deduplicator-operator",
+        "networkpolicy.networking.k8s.io/",
+        "role.rbac.authorization.k8s.io/",
+    ] {
+        assert!(applied.contains(object), "{object} not applied:\n{applied}");
+    }
+}
