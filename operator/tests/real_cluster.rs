@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams};
 use kube::{Client, Resource, ResourceExt};
 use operator::controller::condition;
@@ -342,6 +343,47 @@ fn example(name: &str, replicas: i32, edit: impl FnOnce(&mut serde_json::Value))
     serde_json::to_string(&cluster).expect("JSON")
 }
 
+/// `kubectl patch dedup NAME --type=merge -p PATCH`.
+fn patch_cluster(namespace: &str, name: &str, patch: &str) {
+    kubectl(&[
+        "patch",
+        "dedup",
+        name,
+        "--namespace",
+        namespace,
+        "--type=merge",
+        "-p",
+        patch,
+    ]);
+}
+
+/// Waits until the cluster's `Degraded` condition is True; returns it.
+async fn degraded(clusters: &Api<DedupCluster>, name: &str) -> Condition {
+    eventually(&format!("DedupCluster {name} Degraded"), WAIT, || async {
+        let cluster = clusters.get(name).await.map_err(|e| e.to_string())?;
+        let status = cluster.status.unwrap_or_default();
+        match condition(&status, "Degraded") {
+            Some(c) if c.status == "True" => Ok(c.clone()),
+            _ => Err(format!("{status:?}")),
+        }
+    })
+    .await
+}
+
+/// A child of the test's namespace, which must exist.
+async fn child<K>(client: &Client, namespace: &str, name: &str) -> K
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("{} {name}: {e}", K::kind(&())))
+}
+
 fn apply(namespace: &str, manifest: &str) {
     kubectl_in(
         &["apply", "--namespace", namespace, "-f", "-"],
@@ -424,32 +466,14 @@ async fn the_example_cluster_comes_up_under_restricted_pod_security_as_the_opera
     let cluster = ready(&clusters, "events", &operator).await;
 
     // Every child, owned by the cluster (what the garbage collector follows).
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns.name)
-        .get("events")
-        .await
-        .unwrap();
+    let sts: StatefulSet = child(&client, &ns.name, "events").await;
     assert!(owned_by(&sts, &cluster));
-    assert!(owned_by(
-        &Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
-            .get("events-config")
-            .await
-            .unwrap(),
-        &cluster
-    ));
-    assert!(owned_by(
-        &Api::<Service>::namespaced(client.clone(), &ns.name)
-            .get("events")
-            .await
-            .unwrap(),
-        &cluster
-    ));
-    assert!(owned_by(
-        &Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
-            .get("events")
-            .await
-            .unwrap(),
-        &cluster
-    ));
+    let config: ConfigMap = child(&client, &ns.name, "events-config").await;
+    assert!(owned_by(&config, &cluster));
+    let service: Service = child(&client, &ns.name, "events").await;
+    assert!(owned_by(&service, &cluster));
+    let budget: PodDisruptionBudget = child(&client, &ns.name, "events").await;
+    assert!(owned_by(&budget, &cluster));
 
     // The pods were admitted under `restricted` and run (kwok), one volume each.
     let pods = Api::<Pod>::namespaced(client.clone(), &ns.name)
@@ -834,15 +858,7 @@ async fn admission_refuses_what_the_schema_can_express_and_degraded_reports_the_
             spec["kafka"]["properties"] = serde_json::json!({"group.id": "other"});
         }),
     );
-    let status = eventually("Degraded InvalidSpec", WAIT, || async {
-        let cluster = clusters.get("grouped").await.map_err(|e| e.to_string())?;
-        let status = cluster.status.unwrap_or_default();
-        match condition(&status, "Degraded") {
-            Some(c) if c.status == "True" => Ok(c.clone()),
-            _ => Err(format!("{status:?}")),
-        }
-    })
-    .await;
+    let status = degraded(&clusters, "grouped").await;
     assert_eq!(status.reason, "InvalidSpec");
     assert!(status.message.contains("group.id"), "{}", status.message);
     let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
@@ -864,15 +880,7 @@ async fn an_apply_the_server_refuses_is_reported_in_degraded_and_retried() {
     let operator = Operator::start(&ns.name);
     apply(&ns.name, &example("limited", 1, |_| {}));
     let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
-    let degraded = eventually("Degraded ApplyFailed", WAIT, || async {
-        let cluster = clusters.get("limited").await.map_err(|e| e.to_string())?;
-        let status = cluster.status.unwrap_or_default();
-        match condition(&status, "Degraded") {
-            Some(c) if c.status == "True" => Ok(c.clone()),
-            _ => Err(format!("{status:?}")),
-        }
-    })
-    .await;
+    let degraded = degraded(&clusters, "limited").await;
     assert_eq!(degraded.reason, "ApplyFailed");
     assert!(
         degraded.message.contains("Service") && degraded.message.contains("exceeded quota"),
@@ -1116,16 +1124,11 @@ async fn a_paused_cluster_is_left_alone_until_resumed() {
         }
     })
     .await;
-    kubectl(&[
-        "patch",
-        "dedup",
-        "held",
-        "--namespace",
+    patch_cluster(
         &ns.name,
-        "--type=merge",
-        "-p",
+        "held",
         r#"{"spec": {"dedup": {"window": "48h"}}}"#,
-    ]);
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         window().await.as_deref(),
@@ -1204,16 +1207,7 @@ async fn two_operator_replicas_elect_one_leader_and_the_other_takes_over() {
 
     // The leader crashes: the standby takes the Lease once it expires, and reconciles.
     first.kill();
-    kubectl(&[
-        "patch",
-        "dedup",
-        "led",
-        "--namespace",
-        &ns.name,
-        "--type=merge",
-        "-p",
-        r#"{"spec": {"dedup": {"window": "48h"}}}"#,
-    ]);
+    patch_cluster(&ns.name, "led", r#"{"spec": {"dedup": {"window": "48h"}}}"#);
     eventually("operator-b applies the change", WAIT, || async {
         let window = Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
             .get("led-config")
@@ -1328,19 +1322,7 @@ async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown()
             spec["kafka"]["credentialsSecret"] = "not-yet".into();
         }),
     );
-    let degraded = eventually("Degraded SecretNotFound", WAIT, || async {
-        let status = clusters
-            .get("awaiting")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .unwrap_or_default();
-        match condition(&status, "Degraded") {
-            Some(c) if c.status == "True" => Ok(c.clone()),
-            _ => Err(format!("{status:?}")),
-        }
-    })
-    .await;
+    let degraded = degraded(&clusters, "awaiting").await;
     assert_eq!(degraded.reason, "SecretNotFound");
     assert!(degraded.message.contains("not-yet"), "{}", degraded.message);
     apply(
@@ -1408,16 +1390,11 @@ async fn a_larger_storage_size_expands_the_volumes_without_restarting_pods() {
         .uid;
 
     // 20480Mi: the same as 20Gi, spelled otherwise (the server keeps its own spelling).
-    kubectl(&[
-        "patch",
-        "dedup",
-        "growing",
-        "--namespace",
+    patch_cluster(
         &ns.name,
-        "--type=merge",
-        "-p",
+        "growing",
         r#"{"spec": {"storage": {"size": "20480Mi"}}}"#,
-    ]);
+    );
     let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns.name);
     eventually("both claims request 20Gi", WAIT, || async {
         let sizes: Vec<String> = claims
