@@ -129,8 +129,8 @@ pub struct Config {
     #[arg(long, env = env::KAFKA_SASL_PASSWORD, hide_env_values = true)]
     pub kafka_sasl_password: Option<String>,
 
-    /// librdkafka properties that hold secrets (`sasl.jaas.config`,
-    /// `ssl.key.password`, `sasl.oauthbearer.client.secret`, ...), for consumer and
+    /// librdkafka properties that hold secrets (`ssl.key.password`,
+    /// `sasl.oauthbearer.client.secret`, ...), for consumer and
     /// producer: `key=value`, one per line (values may contain commas). Applied after
     /// KAFKA_PROPERTIES. Never logged, not even in error messages.
     #[arg(long, env = env::KAFKA_SECRET_PROPERTIES, default_value = "", hide_env_values = true, hide_default_value = true, value_parser = parse_secret_properties)]
@@ -287,7 +287,13 @@ impl std::fmt::Debug for SecretProperties {
 pub fn without_value(error: rdkafka::error::KafkaError) -> rdkafka::error::KafkaError {
     use rdkafka::error::KafkaError;
     match error {
-        KafkaError::ClientConfig(code, description, key, _) => {
+        KafkaError::ClientConfig(code, description, key, value) => {
+            // librdkafka's description may quote the value ("Invalid value ... : VALUE").
+            let description = if value.is_empty() {
+                description
+            } else {
+                description.replace(&value, "(value not shown)")
+            };
             KafkaError::ClientConfig(code, description, key, "(value not shown)".into())
         }
         other => other,
@@ -535,6 +541,20 @@ mod tests {
             ])
         );
         assert_eq!(parse_properties("").unwrap(), Properties::default());
+    }
+
+    #[test]
+    fn a_configuration_error_never_shows_the_value() {
+        use rdkafka::error::KafkaError;
+        let error = without_value(KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value for configuration property \"ssl.key.password\": hunter2".into(),
+            "ssl.key.password".into(),
+            "hunter2".into(),
+        ));
+        let shown = error.to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("ssl.key.password"), "{shown}");
     }
 
     #[test]

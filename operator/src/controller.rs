@@ -67,6 +67,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the API server refused a request (a 4xx answer): something in the cluster
+    /// or the spec must change, which the status reports. Other errors are transient.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::Apply { source: kube::Error::Api(status), .. } if (400..500).contains(&status.code)
+        )
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
@@ -174,28 +183,58 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
             return Ok(Action::requeue(RESYNC));
         }
     };
-    let statefulset = match apply_children(ctx, cluster, &namespace, &owner, &secrets).await {
-        Ok(statefulset) => statefulset,
-        Err(Error::Waiting(what)) => {
-            tracing::info!(%namespace, %name, what, "waiting");
-            return Ok(Action::requeue(Duration::from_secs(2)));
-        }
-        Err(error) => {
-            // The server refused a child (admission, quota, RBAC, an immutable field):
-            // say so in the status, then let the error policy retry with backoff.
-            let message = error.to_string();
-            tracing::warn!(%namespace, %name, error = %message, "applying a child failed");
-            let status = failed_status(cluster, &previous, "ApplyFailed", &message);
-            if status != previous {
-                publish_event(ctx, cluster, EventType::Warning, "ApplyFailed", &message).await;
-                write_status(&clusters, &name, &status).await?;
+    let (statefulset, storage_refused) =
+        match apply_children(ctx, cluster, &namespace, &owner, &secrets).await {
+            Ok(applied) => applied,
+            Err(Error::Waiting(what)) => {
+                tracing::info!(%namespace, %name, what, "waiting");
+                return Ok(Action::requeue(Duration::from_secs(2)));
             }
-            return Err(error);
-        }
-    };
+            Err(error) if !error.is_refusal() => {
+                // Transient (a timeout, a 5xx, a lost connection): retry with backoff, and
+                // leave the status as it was.
+                return Err(error);
+            }
+            Err(error) => {
+                // The server refused a child (admission, quota, RBAC, an immutable field):
+                // say so in the status, then let the error policy retry with backoff.
+                let message = error.to_string();
+                tracing::warn!(%namespace, %name, error = %message, "applying a child failed");
+                let status = failed_status(cluster, &previous, "ApplyFailed", &message);
+                if status != previous {
+                    publish_event(ctx, cluster, EventType::Warning, "ApplyFailed", &message).await;
+                    write_status(&clusters, &name, &status).await?;
+                }
+                return Err(error);
+            }
+        };
 
     ctx.metrics.note_success(&name);
-    let status = observed_status(cluster, &previous, &statefulset, Timestamp::now());
+    let mut status = observed_status(cluster, &previous, &statefulset, Timestamp::now());
+    if let Some(message) = &storage_refused {
+        // Everything else is applied (on the volumes as they are); the status says why
+        // the size is not.
+        status.conditions.retain(|c| c.type_ != "Degraded");
+        status.conditions.push(next_condition(
+            &previous,
+            "Degraded",
+            true,
+            "VolumeExpansionRefused",
+            message,
+            cluster.metadata.generation,
+            Timestamp::now(),
+        ));
+        if condition(&previous, "Degraded").is_none_or(|c| c.reason != "VolumeExpansionRefused") {
+            publish_event(
+                ctx,
+                cluster,
+                EventType::Warning,
+                "VolumeExpansionRefused",
+                message,
+            )
+            .await;
+        }
+    }
     if status.conditions != previous.conditions {
         let ready = condition(&status, "Ready").is_some_and(|c| c.status == "True");
         let (kind, reason) = if ready {
@@ -243,7 +282,7 @@ async fn apply_children(
     namespace: &str,
     owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
     secrets: &BTreeMap<String, String>,
-) -> Result<StatefulSet, Error> {
+) -> Result<(StatefulSet, Option<String>), Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let client = &ctx.client;
     apply(
@@ -261,11 +300,21 @@ async fn apply_children(
     )
     .await?;
     let mut wanted = builders::stateful_set(cluster, owner);
-    if !storage::prepare(ctx, cluster, namespace, &wanted).await? {
-        // The old StatefulSet is being removed (its pods stay); apply once it is gone.
-        return Err(Error::Waiting(
-            "the StatefulSet is being re-created for the new volume size",
-        ));
+    let mut storage_refused = None;
+    match storage::prepare(ctx, cluster, namespace, &wanted).await? {
+        storage::Prepared::Apply => {}
+        storage::Prepared::Wait => {
+            // The old StatefulSet is being removed (its pods stay); apply once it is gone.
+            return Err(Error::Waiting(
+                "the StatefulSet is being re-created for the new volume size",
+            ));
+        }
+        storage::Prepared::KeepSize { size, message } => {
+            // The server refused to expand a claim: apply every other change on the
+            // volumes as they are, rather than wedge the cluster on the size.
+            storage::set_claim_size(&mut wanted, &size);
+            storage_refused = Some(message);
+        }
     }
     if !secrets.is_empty() {
         let annotations = wanted
@@ -288,7 +337,7 @@ async fn apply_children(
         &builders::pod_disruption_budget(cluster, owner),
     )
     .await?;
-    Ok(statefulset)
+    Ok((statefulset, storage_refused))
 }
 
 /// Server-side apply of one child, always: the server merges it with what other managers

@@ -220,7 +220,9 @@ pub struct KafkaSpec {
     pub properties: BTreeMap<String, String>,
 
     /// librdkafka properties that hold secrets, each taken from a key of a Secret in the
-    /// same namespace, e.g. `sasl.jaas.config: {name: kafka-client, key: jaas}`. Their
+    /// same namespace, e.g. `sasl.oauthbearer.client.secret: {name: kafka-client, key:
+    /// secret}` or `ssl.key.password`. Values are single lines (mount PEM files as
+    /// volumes and use `ssl.key.location`). Their
     /// values reach the pods' environment by reference only, never a ConfigMap, a log
     /// line or an Event; a change of the Secret rolls the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -477,6 +479,12 @@ impl DedupClusterSpec {
             }
         }
         for key in self.kafka.secret_properties.keys() {
+            if key == "sasl.jaas.config" {
+                return invalid(
+                    "kafka.secretProperties",
+                    "librdkafka does not take sasl.jaas.config (a Java client setting): use credentialsSecret for SASL PLAIN/SCRAM, or sasl.oauthbearer.* for OAUTHBEARER".into(),
+                );
+            }
             if key.trim().is_empty() || self.kafka.properties.contains_key(key) {
                 return invalid(
                     "kafka.secretProperties",

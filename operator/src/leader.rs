@@ -2,12 +2,15 @@
 //! operator's Deployment can run two replicas: one reconciles, the other waits to take
 //! over.
 //!
-//! The leader renews the Lease every [`RENEW`]; a candidate takes it once it has not been
-//! renewed for [`LEASE_TTL`]. A leader that cannot renew it within the TTL stops (the
-//! process exits and is restarted as a candidate), so two leaders overlap at most by one
-//! renew interval; reconciles are idempotent server-side applies, so an overlap costs
-//! requests, not correctness. On SIGTERM the leader steps down, and the other replica
-//! takes over within one retry interval instead of a TTL.
+//! The leader renews the Lease every [`RENEW`], each attempt bounded by [`RENEW`]; a
+//! candidate takes it once it has not been renewed for [`LEASE_TTL`]. A leader that has
+//! not renewed it for [`RENEW_DEADLINE`] (shorter than the TTL) stops: the process exits
+//! and is restarted as a candidate, before anyone else may take the Lease. The library
+//! takes an expired Lease without a resourceVersion precondition, so two candidates
+//! racing for it may both believe they won until the next renew shows one of them it
+//! lost (one renew interval); reconciles are idempotent server-side applies, so an
+//! overlap costs requests, not correctness. On SIGTERM the leader steps down, and the
+//! other replica takes over within one retry interval instead of a TTL.
 
 use std::time::{Duration, Instant};
 
@@ -18,8 +21,11 @@ use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
 pub const LEASE_NAME: &str = "kafka-deduplicator-operator";
 /// How long a Lease not renewed stays its holder's.
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
-/// How often the leader renews, and a candidate tries.
+/// How often the leader renews, and a candidate tries; also the bound of one attempt.
 pub const RENEW: Duration = Duration::from_secs(3);
+/// A leader that has not renewed for this long gives up, before the TTL lets another take
+/// the Lease.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct Leadership {
     lock: LeaseLock,

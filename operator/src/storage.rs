@@ -10,6 +10,10 @@
 //!    the new template and adopts the running pods (same selector, same pod template, so
 //!    no restart). Claims of pods created later get the new size from the template.
 //!
+//! A claim the server refuses to expand (its class does not allow expansion, a storage
+//! quota) does not wedge the cluster: every other change is applied with the volumes'
+//! current size, and `Degraded` says `VolumeExpansionRefused` with the server's message.
+//!
 //! Shrinking and a change of StorageClass are refused at admission (CEL rules on
 //! `spec.storage`).
 
@@ -23,30 +27,40 @@ use crate::builders;
 use crate::controller::{publish_event, Context, Error};
 use crate::crd::DedupCluster;
 
-/// Makes way for `wanted`: `Ok(true)` when it can be applied now, `Ok(false)` while the
-/// old StatefulSet is being removed for a larger volume size (retry shortly).
+/// What to do with the wanted StatefulSet.
+pub enum Prepared {
+    /// Apply it.
+    Apply,
+    /// The old StatefulSet is being removed for a larger volume size: retry shortly.
+    Wait,
+    /// The server refused to expand a claim (a class without expansion, a storage
+    /// quota): apply it with the claims' current `size`, and report `message`.
+    KeepSize { size: String, message: String },
+}
+
+/// Makes way for `wanted` (see [`Prepared`]).
 pub async fn prepare(
     ctx: &Context,
     cluster: &DedupCluster,
     namespace: &str,
     wanted: &StatefulSet,
-) -> Result<bool, Error> {
+) -> Result<Prepared, Error> {
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let name = cluster.name_any();
     let Some(live) = statefulsets.get_opt(&name).await? else {
-        return Ok(true);
+        return Ok(Prepared::Apply);
     };
     if live.metadata.deletion_timestamp.is_some() {
-        return Ok(false);
+        return Ok(Prepared::Wait);
     }
     let (Some(live_size), Some(wanted_size)) = (claim_size(&live), claim_size(wanted)) else {
-        return Ok(true);
+        return Ok(Prepared::Apply);
     };
     match (bytes(&live_size), bytes(&wanted_size)) {
         (Some(old), Some(new)) if new > old => {}
         // Equal (in any spelling), smaller (refused at admission; the apply reports it),
         // or not a quantity this parser reads: nothing to do here.
-        _ => return Ok(true),
+        _ => return Ok(Prepared::Apply),
     }
 
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
@@ -71,15 +85,26 @@ pub async fn prepare(
         }
         let patch =
             serde_json::json!({"spec": {"resources": {"requests": {"storage": wanted_size}}}});
-        claims
+        let patched = claims
             .patch(&claim_name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|source| Error::Apply {
                 kind: "PersistentVolumeClaim".into(),
                 name: claim_name.clone(),
                 source,
-            })?;
-        expanded += 1;
+            });
+        match patched {
+            Ok(_) => expanded += 1,
+            Err(error) if error.is_refusal() => {
+                return Ok(Prepared::KeepSize {
+                    size: live_size.clone(),
+                    message: format!(
+                        "storage {live_size} → {wanted_size} not applied, the volumes keep their size: {error}"
+                    ),
+                })
+            }
+            Err(error) => return Err(error),
+        }
     }
     statefulsets
         .delete(&name, &DeleteParams::orphan())
@@ -94,7 +119,25 @@ pub async fn prepare(
     );
     tracing::info!(%namespace, %name, %note, "expanding volumes");
     publish_event(ctx, cluster, EventType::Normal, "VolumesExpanded", &note).await;
-    Ok(false)
+    Ok(Prepared::Wait)
+}
+
+/// Sets the storage request of a StatefulSet's first claim template.
+pub fn set_claim_size(statefulset: &mut StatefulSet, size: &str) {
+    let request = statefulset
+        .spec
+        .as_mut()
+        .and_then(|s| s.volume_claim_templates.as_mut())
+        .and_then(|t| t.first_mut())
+        .and_then(|c| c.spec.as_mut())
+        .and_then(|s| s.resources.as_mut())
+        .and_then(|r| r.requests.as_mut());
+    if let Some(requests) = request {
+        requests.insert(
+            "storage".into(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.into()),
+        );
+    }
 }
 
 /// The storage request of a StatefulSet's first claim template.

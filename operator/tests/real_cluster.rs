@@ -1240,7 +1240,7 @@ async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown()
     let secret = |value: &str| {
         format!(
             r#"{{"apiVersion": "v1", "kind": "Secret", "metadata": {{"name": "kafka-client"}},
-                "stringData": {{"jaas": "PlainLoginModule required username=\"app\" password=\"{value}\";"}}}}"#
+                "stringData": {{"client-secret": "{value}"}}}}"#
         )
     };
     apply(&ns.name, &secret("hunter2-first"));
@@ -1250,8 +1250,7 @@ async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown()
     let error = kubectl_refused(
         &["apply", "--namespace", &ns.name, "-f", "-"],
         Some(&example("plain", 1, |spec| {
-            spec["kafka"]["properties"] =
-                serde_json::json!({"sasl.jaas.config": "PlainLoginModule required;"});
+            spec["kafka"]["properties"] = serde_json::json!({"ssl.key.password": "hunter2"});
         })),
     );
     assert!(
@@ -1262,9 +1261,11 @@ async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown()
     apply(
         &ns.name,
         &example("sealed", 2, |spec| {
-            spec["kafka"]["properties"] = serde_json::json!({"security.protocol": "SASL_SSL"});
+            spec["kafka"]["properties"] = serde_json::json!({
+                "security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER",
+                "sasl.oauthbearer.method": "oidc"});
             spec["kafka"]["secretProperties"] = serde_json::json!({
-                "sasl.jaas.config": {"name": "kafka-client", "key": "jaas"}});
+                "sasl.oauthbearer.client.secret": {"name": "kafka-client", "key": "client-secret"}});
         }),
     );
     let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
@@ -1286,7 +1287,7 @@ async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown()
         var("KAFKA_SECRET_PROPERTIES")
             .and_then(|v| v.value)
             .as_deref(),
-        Some("sasl.jaas.config=$(DEDUP_SECRET_PROPERTY_0)")
+        Some("sasl.oauthbearer.client.secret=$(DEDUP_SECRET_PROPERTY_0)")
     );
     let reference = var("DEDUP_SECRET_PROPERTY_0")
         .and_then(|v| v.value_from)
@@ -1294,7 +1295,7 @@ async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown()
         .expect("the value comes from the Secret");
     assert_eq!(
         (reference.name.as_str(), reference.key.as_str()),
-        ("kafka-client", "jaas")
+        ("kafka-client", "client-secret")
     );
     let revision = |s: &StatefulSet| s.status.as_ref().and_then(|s| s.update_revision.clone());
     let first_revision = revision(&sts);
@@ -1521,4 +1522,83 @@ async fn the_chart_with_its_options_is_accepted_by_the_api_server() {
     ] {
         assert!(applied.contains(object), "{object} not applied:\n{applied}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_volume_expansion_is_reported_and_wedges_nothing() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::create("fixed");
+    // A class that does not allow expansion: the server refuses to grow its claims.
+    let class = format!("{}-fixed", ns.name);
+    kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"{{"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {{"name": "{class}"}}, "provisioner": "kwok.x-k8s.io/volume",
+                "volumeBindingMode": "Immediate"}}"#
+        )),
+    );
+    let operator = Operator::start(&ns.name);
+    apply(
+        &ns.name,
+        &example("fixed", 1, |spec| {
+            spec["storage"] = serde_json::json!({"size": "10Gi", "storageClassName": class});
+        }),
+    );
+    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
+    ready(&clusters, "fixed", &operator).await;
+
+    patch_cluster(
+        &ns.name,
+        "fixed",
+        r#"{"spec": {"storage": {"size": "20Gi"}}}"#,
+    );
+    let refused = degraded(&clusters, "fixed").await;
+    assert_eq!(refused.reason, "VolumeExpansionRefused");
+    assert!(
+        refused.message.contains("10Gi → 20Gi"),
+        "{}",
+        refused.message
+    );
+
+    // Other changes still apply, on the volumes as they are.
+    kubectl(&[
+        "scale",
+        "dedup/fixed",
+        "--replicas=2",
+        "--namespace",
+        &ns.name,
+    ]);
+    eventually("scaled to 2 despite the refused size", WAIT, || async {
+        let status = clusters
+            .get("fixed")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if status.ready_replicas == 2 {
+            Ok(())
+        } else {
+            Err(format!("{status:?}"))
+        }
+    })
+    .await;
+    let sts: StatefulSet = child(&client, &ns.name, "fixed").await;
+    let template = &sts.spec.unwrap().volume_claim_templates.unwrap()[0];
+    let size = template
+        .spec
+        .as_ref()
+        .unwrap()
+        .resources
+        .as_ref()
+        .unwrap()
+        .requests
+        .as_ref()
+        .unwrap()["storage"]
+        .0
+        .clone();
+    assert_eq!(size, "10Gi");
+    kubectl(&["delete", "storageclass", &class, "--wait=false"]);
 }

@@ -35,9 +35,6 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub restore_max_attempts: u32,
 
-    /// Exit non-zero when a partition could not be restored (remote unreachable, every
-    /// checkpoint corrupt, time bound passed). Off: warn and exit 0, the pod starts and
-    /// the deduplicator restores on assignment.
     /// An ownership record not rewritten for this long is ignored: its pod was gone long
     /// enough for its partitions to have moved (scaled down, then up again), so restoring
     /// them would only delay the start. The deduplicator rewrites its record every
@@ -45,6 +42,9 @@ pub struct Config {
     #[arg(long, env = env::OWNER_RECORD_MAX_AGE, default_value = "30m", value_parser = parse_duration)]
     pub owner_record_max_age: Duration,
 
+    /// Exit non-zero when a partition could not be restored (remote unreachable, every
+    /// checkpoint corrupt, time bound passed). Off: warn and exit 0, the pod starts and
+    /// the deduplicator restores on assignment.
     #[arg(long, env = env::RESTORE_FAIL_HARD, default_value_t = false, action = clap::ArgAction::Set)]
     pub restore_fail_hard: bool,
 
