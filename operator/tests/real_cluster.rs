@@ -174,6 +174,15 @@ impl Drop for TestNamespace {
     }
 }
 
+/// A client, a namespace of the test's own and the operator watching it; `None` when the
+/// test may skip.
+async fn started(test: &str) -> Option<(Client, TestNamespace, Operator)> {
+    let client = cluster().await?;
+    let ns = TestNamespace::create(test);
+    let operator = Operator::start(&ns.name);
+    Some((client, ns, operator))
+}
+
 /// The operator binary, running as the manifests' ServiceAccount, watching one namespace.
 struct Operator {
     child: Child,
@@ -456,11 +465,9 @@ async fn resource_versions(client: &Client, namespace: &str, name: &str) -> [Opt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_cluster_comes_up_under_restricted_pod_security_as_the_operators_account() {
-    let Some(client) = cluster().await else {
+    let Some((client, ns, operator)) = started("example").await else {
         return;
     };
-    let ns = TestNamespace::create("example");
-    let operator = Operator::start(&ns.name);
     apply(&ns.name, &example("events", 3, |_| {}));
     let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
     let cluster = ready(&clusters, "events", &operator).await;
@@ -550,11 +557,9 @@ async fn the_example_cluster_comes_up_under_restricted_pod_security_as_the_opera
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_scale_changes_only_the_replicas_and_an_autoscaler_reads_the_scale() {
-    let Some(client) = cluster().await else {
+    let Some((client, ns, operator)) = started("scale").await else {
         return;
     };
-    let ns = TestNamespace::create("scale");
-    let operator = Operator::start(&ns.name);
     apply(&ns.name, &example("scaled", 2, |_| {}));
     let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
     ready(&clusters, "scaled", &operator).await;
@@ -653,11 +658,9 @@ async fn kubectl_scale_changes_only_the_replicas_and_an_autoscaler_reads_the_sca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_spec_field_leaves_the_children_and_a_steady_reconcile_writes_nothing() {
-    let Some(client) = cluster().await else {
+    let Some((client, ns, operator)) = started("removal").await else {
         return;
     };
-    let ns = TestNamespace::create("removal");
-    let operator = Operator::start(&ns.name);
     // A CPU request in a form the server canonicalises (0.5 → 500m).
     apply(
         &ns.name,
@@ -785,11 +788,9 @@ async fn a_removed_spec_field_leaves_the_children_and_a_steady_reconcile_writes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_refuses_what_the_schema_can_express_and_degraded_reports_the_rest() {
-    let Some(client) = cluster().await else {
+    let Some((client, ns, operator)) = started("admission").await else {
         return;
     };
-    let ns = TestNamespace::create("admission");
-    let operator = Operator::start(&ns.name);
     let refused = |manifest: String| {
         kubectl_refused(
             &["apply", "--namespace", &ns.name, "-f", "-"],
@@ -905,11 +906,9 @@ async fn an_apply_the_server_refuses_is_reported_in_degraded_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_cluster_collects_its_children_and_keeps_its_volumes() {
-    let Some(client) = cluster().await else {
+    let Some((client, ns, operator)) = started("delete").await else {
         return;
     };
-    let ns = TestNamespace::create("delete");
-    let operator = Operator::start(&ns.name);
     apply(&ns.name, &example("doomed", 2, |_| {}));
     let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
     ready(&clusters, "doomed", &operator).await;
@@ -1044,11 +1043,9 @@ async fn pods_run_in_a_quota_bound_namespace_with_their_account_template_and_spr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retention_policy_of_delete_removes_the_volumes_with_the_cluster() {
-    let Some(client) = cluster().await else {
+    let Some((client, ns, operator)) = started("retention").await else {
         return;
     };
-    let ns = TestNamespace::create("retention");
-    let operator = Operator::start(&ns.name);
     apply(
         &ns.name,
         &example("transient", 2, |spec| {
@@ -1086,11 +1083,9 @@ async fn a_retention_policy_of_delete_removes_the_volumes_with_the_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_cluster_is_left_alone_until_resumed() {
-    let Some(client) = cluster().await else {
+    let Some((client, ns, operator)) = started("pause").await else {
         return;
     };
-    let ns = TestNamespace::create("pause");
-    let operator = Operator::start(&ns.name);
     apply(&ns.name, &example("held", 1, |_| {}));
     let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
     ready(&clusters, "held", &operator).await;
