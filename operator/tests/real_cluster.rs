@@ -393,6 +393,19 @@ where
         .unwrap_or_else(|e| panic!("{} {name}: {e}", K::kind(&())))
 }
 
+/// A StorageClass of kwok's volumes, allowing expansion or not; returns its name.
+fn storage_class(name: &str, expandable: bool) -> String {
+    kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"{{"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {{"name": "{name}"}}, "provisioner": "kwok.x-k8s.io/volume",
+                "allowVolumeExpansion": {expandable}, "volumeBindingMode": "Immediate"}}"#
+        )),
+    );
+    name.to_string()
+}
+
 fn apply(namespace: &str, manifest: &str) {
     kubectl_in(
         &["apply", "--namespace", namespace, "-f", "-"],
@@ -1346,15 +1359,7 @@ async fn a_larger_storage_size_expands_the_volumes_without_restarting_pods() {
         return;
     };
     let ns = TestNamespace::create("expand");
-    let class = format!("{}-expandable", ns.name);
-    kubectl_in(
-        &["apply", "-f", "-"],
-        Some(&format!(
-            r#"{{"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                "metadata": {{"name": "{class}"}}, "provisioner": "kwok.x-k8s.io/volume",
-                "allowVolumeExpansion": true, "volumeBindingMode": "Immediate"}}"#
-        )),
-    );
+    let class = storage_class(&format!("{}-expandable", ns.name), true);
     let operator = Operator::start(&ns.name);
     apply(
         &ns.name,
@@ -1526,15 +1531,7 @@ async fn a_refused_volume_expansion_is_reported_and_wedges_nothing() {
     };
     let ns = TestNamespace::create("fixed");
     // A class that does not allow expansion: the server refuses to grow its claims.
-    let class = format!("{}-fixed", ns.name);
-    kubectl_in(
-        &["apply", "-f", "-"],
-        Some(&format!(
-            r#"{{"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                "metadata": {{"name": "{class}"}}, "provisioner": "kwok.x-k8s.io/volume",
-                "volumeBindingMode": "Immediate"}}"#
-        )),
-    );
+    let class = storage_class(&format!("{}-fixed", ns.name), false);
     let operator = Operator::start(&ns.name);
     apply(
         &ns.name,
