@@ -585,8 +585,24 @@ pub fn holds_secret(key: &str) -> bool {
 
 impl DedupClusterSpec {
     /// The names of the Secrets the pods reference: SASL credentials, S3 credentials,
-    /// secret properties.
+    /// secret properties, and Secret volumes of `podTemplate` (a keystore is read at
+    /// start, so a rotation must roll the pods). Optional volume Secrets are left out.
     pub fn referenced_secrets(&self) -> std::collections::BTreeSet<String> {
+        let volumes = self.pod_template.volumes.iter().flat_map(|volume| {
+            let direct = volume
+                .secret
+                .iter()
+                .filter(|s| s.optional != Some(true))
+                .filter_map(|s| s.secret_name.clone());
+            let projected = volume
+                .projected
+                .iter()
+                .flat_map(|p| p.sources.iter().flatten())
+                .filter_map(|source| source.secret.as_ref())
+                .filter(|s| s.optional != Some(true))
+                .map(|s| s.name.clone());
+            direct.chain(projected).collect::<Vec<_>>()
+        });
         self.kafka
             .credentials_secret
             .iter()
@@ -598,6 +614,7 @@ impl DedupClusterSpec {
                     .values()
                     .map(|s| s.name.clone()),
             )
+            .chain(volumes)
             .collect()
     }
 }

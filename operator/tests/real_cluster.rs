@@ -1268,7 +1268,15 @@ async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown()
 
     apply(
         &ns.name,
+        r#"{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kafka-tls"},
+            "stringData": {"client.key": "key one"}}"#,
+    );
+    apply(
+        &ns.name,
         &example("sealed", 2, |spec| {
+            spec["podTemplate"] = serde_json::json!({
+                "volumes": [{"name": "tls", "secret": {"secretName": "kafka-tls"}}],
+                "volumeMounts": [{"name": "tls", "mountPath": "/etc/kafka-tls", "readOnly": true}]});
             spec["kafka"]["properties"] = serde_json::json!({
                 "security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER",
                 "sasl.oauthbearer.method": "oidc"});
@@ -1321,6 +1329,31 @@ async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown()
             Err(format!("revision {:?}", revision(&now)))
         }
     })
+    .await;
+    ready(&clusters, "sealed", &operator).await;
+
+    // So does a rotated Secret mounted as a volume (a keystore is read at start).
+    let second_revision = revision(&statefulsets.get("sealed").await.unwrap());
+    apply(
+        &ns.name,
+        r#"{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kafka-tls"},
+            "stringData": {"client.key": "key two"}}"#,
+    );
+    eventually(
+        "the pods roll onto the rotated volume Secret",
+        WAIT,
+        || async {
+            let now = statefulsets
+                .get("sealed")
+                .await
+                .map_err(|e| e.to_string())?;
+            if revision(&now) != second_revision {
+                Ok(())
+            } else {
+                Err(format!("revision {:?}", revision(&now)))
+            }
+        },
+    )
     .await;
     ready(&clusters, "sealed", &operator).await;
 
