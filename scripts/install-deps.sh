@@ -14,9 +14,10 @@ command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 # The test control plane (scripts/start-kube.sh): certificates and health checks.
 packages+=(openssl curl)
-# Go builds etcd, Kubernetes and kwok from the Go module proxy. Debian's Go may be older
-# than the modules need: GOTOOLCHAIN=auto (Go's default) then fetches the Go release
-# their go.mod asks for, from the same proxy.
+# Go builds etcd, Kubernetes, kwok, helm and promtool from the Go module proxy. Machines
+# of this kind ship Go 1.26; without one, Debian's is installed, and from Go 1.21 on
+# GOTOOLCHAIN=auto (the default) fetches the release the modules' go.mod asks for
+# (1.26.x) from the same proxy. An older Debian Go cannot, and the build says so.
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || packages+=(golang-go)
 # pip, only if this machine's python3 has none.
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
