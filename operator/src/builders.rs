@@ -298,10 +298,23 @@ pub const SECRET_PROPERTY_VAR: &str = "DEDUP_SECRET_PROPERTY_";
 /// a changed Secret rolls the pods.
 pub const SECRETS_HASH_ANNOTATION: &str = "kafka-deduplicator.dev/secrets-hash";
 
-/// A short, stable hash of (Secret name, resourceVersion) pairs; the operator reads
-/// only the Secrets' metadata, never their data.
-pub fn secrets_hash(versions: &BTreeMap<String, String>) -> String {
-    config_hash(versions)
+/// Puts a short, stable hash of the referenced Secrets' (name, resourceVersion) pairs on
+/// the pod template (nothing when there are none): a rotated Secret rolls the pods. The
+/// operator reads only the Secrets' metadata, never their data.
+pub fn annotate_secrets_hash(statefulset: &mut StatefulSet, versions: &BTreeMap<String, String>) {
+    if versions.is_empty() {
+        return;
+    }
+    let metadata = statefulset
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.metadata.as_mut());
+    if let Some(metadata) = metadata {
+        metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(SECRETS_HASH_ANNOTATION.into(), config_hash(versions));
+    }
 }
 
 fn env_from(cluster: &DedupCluster) -> Vec<EnvFromSource> {

@@ -151,18 +151,15 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
 
     if let Err(invalid) = cluster.spec.validate() {
         tracing::warn!(%namespace, %name, %invalid, "invalid DedupCluster spec");
-        let status = invalid_status(cluster, &previous, &invalid.to_string());
-        if status != previous {
-            publish_event(
-                ctx,
-                cluster,
-                EventType::Warning,
-                "InvalidSpec",
-                &invalid.to_string(),
-            )
-            .await;
-        }
-        write_status(&clusters, &name, &status).await?;
+        report_failure(
+            ctx,
+            cluster,
+            &clusters,
+            &previous,
+            "InvalidSpec",
+            &invalid.to_string(),
+        )
+        .await?;
         // Nothing to retry: the next spec change triggers a reconcile.
         return Ok(Action::await_change());
     }
@@ -175,11 +172,15 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
             let message = format!(
                 "Secret {missing} (referenced by the spec) does not exist in namespace {namespace}"
             );
-            let status = failed_status(cluster, &previous, "SecretNotFound", &message);
-            if status != previous {
-                publish_event(ctx, cluster, EventType::Warning, "SecretNotFound", &message).await;
-                write_status(&clusters, &name, &status).await?;
-            }
+            report_failure(
+                ctx,
+                cluster,
+                &clusters,
+                &previous,
+                "SecretNotFound",
+                &message,
+            )
+            .await?;
             return Ok(Action::requeue(RESYNC));
         }
     };
@@ -200,39 +201,21 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
                 // say so in the status, then let the error policy retry with backoff.
                 let message = error.to_string();
                 tracing::warn!(%namespace, %name, error = %message, "applying a child failed");
-                let status = failed_status(cluster, &previous, "ApplyFailed", &message);
-                if status != previous {
-                    publish_event(ctx, cluster, EventType::Warning, "ApplyFailed", &message).await;
-                    write_status(&clusters, &name, &status).await?;
-                }
+                report_failure(ctx, cluster, &clusters, &previous, "ApplyFailed", &message).await?;
                 return Err(error);
             }
         };
 
     ctx.metrics.note_success(&name);
-    let mut status = observed_status(cluster, &previous, &statefulset, Timestamp::now());
-    if let Some(message) = &storage_refused {
-        // Everything else is applied (on the volumes as they are); the status says why
-        // the size is not.
-        status.conditions.retain(|c| c.type_ != "Degraded");
-        status.conditions.push(next_condition(
-            &previous,
-            "Degraded",
-            true,
-            "VolumeExpansionRefused",
-            message,
-            cluster.metadata.generation,
-            Timestamp::now(),
-        ));
-        if condition(&previous, "Degraded").is_none_or(|c| c.reason != "VolumeExpansionRefused") {
-            publish_event(
-                ctx,
-                cluster,
-                EventType::Warning,
-                "VolumeExpansionRefused",
-                message,
-            )
-            .await;
+    // A refused volume expansion: everything else is applied (on the volumes as they
+    // are), and Degraded says why the size is not.
+    let degraded = storage_refused
+        .as_deref()
+        .map(|message| ("VolumeExpansionRefused", message));
+    let status = observed_status(cluster, &previous, &statefulset, degraded, Timestamp::now());
+    if let Some((reason, message)) = degraded {
+        if condition(&previous, "Degraded").is_none_or(|c| c.reason != reason) {
+            publish_event(ctx, cluster, EventType::Warning, reason, message).await;
         }
     }
     if status.conditions != previous.conditions {
@@ -254,8 +237,6 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
     Ok(Action::requeue(RESYNC))
 }
 
-/// Applies the ConfigMap, Service, StatefulSet and PodDisruptionBudget; returns the
-/// StatefulSet as the server has it.
 /// The resourceVersion of each Secret the spec references (metadata only: the operator
 /// never reads Secret data), or the name of one that does not exist.
 async fn secret_versions(
@@ -276,6 +257,8 @@ async fn secret_versions(
     Ok(Ok(versions))
 }
 
+/// Applies the ConfigMap, Service, StatefulSet and PodDisruptionBudget; returns the
+/// StatefulSet as the server has it, and the message of a refused volume expansion.
 async fn apply_children(
     ctx: &Context,
     cluster: &DedupCluster,
@@ -316,19 +299,7 @@ async fn apply_children(
             storage_refused = Some(message);
         }
     }
-    if !secrets.is_empty() {
-        let annotations = wanted
-            .spec
-            .as_mut()
-            .and_then(|s| s.template.metadata.as_mut())
-            .map(|m| m.annotations.get_or_insert_with(BTreeMap::new));
-        if let Some(annotations) = annotations {
-            annotations.insert(
-                builders::SECRETS_HASH_ANNOTATION.into(),
-                builders::secrets_hash(secrets),
-            );
-        }
-    }
+    builders::annotate_secrets_hash(&mut wanted, secrets);
     let statefulset = apply(client, namespace, &params, &wanted).await?;
     apply(
         client,
@@ -447,13 +418,22 @@ fn spec_or_pause(cluster: &DedupCluster) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// The status of a cluster whose spec is invalid: Degraded with the reason.
-pub fn invalid_status(
+/// Reports a cluster that could not be applied, for `reason`: its status (see
+/// [`failed_status`]) and a Warning Event, both only when the status changes.
+async fn report_failure(
+    ctx: &Context,
     cluster: &DedupCluster,
+    clusters: &Api<DedupCluster>,
     previous: &DedupClusterStatus,
+    reason: &str,
     message: &str,
-) -> DedupClusterStatus {
-    failed_status(cluster, previous, "InvalidSpec", message)
+) -> Result<(), Error> {
+    let status = failed_status(cluster, previous, reason, message);
+    if status != *previous {
+        publish_event(ctx, cluster, EventType::Warning, reason, message).await;
+        write_status(clusters, &cluster.name_any(), &status).await?;
+    }
+    Ok(())
 }
 
 /// The status of a cluster whose spec could not be applied, for `reason` (InvalidSpec,
@@ -489,10 +469,13 @@ pub fn failed_status(
 }
 
 /// The status of a valid cluster, from its StatefulSet as the server has it.
+/// `degraded`: a (reason, message) of something applied only in part (a refused volume
+/// expansion); `None` when all of the spec is applied.
 pub fn observed_status(
     cluster: &DedupCluster,
     previous: &DedupClusterStatus,
     statefulset: &StatefulSet,
+    degraded: Option<(&str, &str)>,
     now: Timestamp,
 ) -> DedupClusterStatus {
     let desired = cluster.spec.replicas;
@@ -549,9 +532,9 @@ pub fn observed_status(
         next_condition(
             previous,
             "Degraded",
-            false,
-            "AsExpected",
-            "spec is valid and applied",
+            degraded.is_some(),
+            degraded.map_or("AsExpected", |(reason, _)| reason),
+            degraded.map_or("spec is valid and applied", |(_, message)| message),
             generation,
             now,
         ),

@@ -71,13 +71,7 @@ pub async fn prepare(
     let mut expanded = 0;
     for claim in listed.items {
         let claim_name = claim.name_any();
-        let requested = claim
-            .spec
-            .as_ref()
-            .and_then(|s| s.resources.as_ref())
-            .and_then(|r| r.requests.as_ref())
-            .and_then(|r| r.get("storage"))
-            .and_then(|q| bytes(&q.0));
+        let requested = claim_request(&claim).as_deref().and_then(bytes);
         if !claim_name.starts_with(&prefix)
             || requested.is_some_and(|r| r >= bytes(&wanted_size).unwrap_or(0.0))
         {
@@ -141,13 +135,20 @@ pub fn set_claim_size(statefulset: &mut StatefulSet, size: &str) {
 }
 
 /// The storage request of a StatefulSet's first claim template.
-fn claim_size(statefulset: &StatefulSet) -> Option<String> {
-    statefulset
-        .spec
-        .as_ref()?
-        .volume_claim_templates
-        .as_ref()?
-        .first()?
+pub fn claim_size(statefulset: &StatefulSet) -> Option<String> {
+    claim_request(
+        statefulset
+            .spec
+            .as_ref()?
+            .volume_claim_templates
+            .as_ref()?
+            .first()?,
+    )
+}
+
+/// The storage request of a claim (or claim template).
+pub fn claim_request(claim: &PersistentVolumeClaim) -> Option<String> {
+    claim
         .spec
         .as_ref()?
         .resources

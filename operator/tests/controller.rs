@@ -222,7 +222,7 @@ fn status_and_conditions_follow_the_statefulset() {
     }))
     .unwrap();
     let t0 = jiff::Timestamp::from_second(1_000_000).unwrap();
-    let first = observed_status(&cluster, &Default::default(), &progressing, t0);
+    let first = observed_status(&cluster, &Default::default(), &progressing, None, t0);
     assert_eq!((first.replicas, first.ready_replicas), (3, 1));
     assert_eq!(condition(&first, "Ready").unwrap().status, "False");
     assert_eq!(condition(&first, "Degraded").unwrap().status, "False");
@@ -232,7 +232,7 @@ fn status_and_conditions_follow_the_statefulset() {
     let mut all_ready = progressing.clone();
     all_ready.status.as_mut().unwrap().ready_replicas = Some(3);
     let t1 = jiff::Timestamp::from_second(1_000_060).unwrap();
-    let now = observed_status(&cluster, &first, &all_ready, t1);
+    let now = observed_status(&cluster, &first, &all_ready, None, t1);
     assert_eq!((now.replicas, now.ready_replicas), (3, 3));
     let ready = condition(&now, "Ready").unwrap();
     assert_eq!(ready.status, "True");
@@ -245,7 +245,7 @@ fn status_and_conditions_follow_the_statefulset() {
     // A StatefulSet that has not seen its latest generation is still rolling out.
     let mut behind = all_ready;
     behind.metadata.generation = Some(2);
-    let later = observed_status(&cluster, &now, &behind, t1);
+    let later = observed_status(&cluster, &now, &behind, None, t1);
     assert_eq!(condition(&later, "Ready").unwrap().status, "False");
     assert_eq!(condition(&later, "Progressing").unwrap().status, "True");
 }

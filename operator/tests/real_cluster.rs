@@ -32,6 +32,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, Resource, ResourceExt};
 use operator::controller::condition;
 use operator::crd::DedupCluster;
+use operator::storage::{claim_request, claim_size};
 
 const OPERATOR_NAMESPACE: &str = "kafka-deduplicator-system";
 const OPERATOR_ACCOUNT: &str = "kafka-deduplicator-operator";
@@ -1437,16 +1438,7 @@ async fn a_larger_storage_size_expands_the_volumes_without_restarting_pods() {
             .map_err(|e| e.to_string())?
             .items
             .iter()
-            .filter_map(|c| {
-                c.spec
-                    .as_ref()?
-                    .resources
-                    .as_ref()?
-                    .requests
-                    .as_ref()?
-                    .get("storage")
-                    .map(|q| q.0.clone())
-            })
+            .filter_map(claim_request)
             .collect();
         if sizes.len() == 2 && sizes.iter().all(|s| s == "20Gi" || s == "20480Mi") {
             Ok(())
@@ -1464,20 +1456,7 @@ async fn a_larger_storage_size_expands_the_volumes_without_restarting_pods() {
                 .get("growing")
                 .await
                 .map_err(|e| e.to_string())?;
-            let size = sts
-                .spec
-                .as_ref()
-                .and_then(|s| s.volume_claim_templates.as_ref())
-                .and_then(|t| {
-                    t[0].spec
-                        .as_ref()?
-                        .resources
-                        .as_ref()?
-                        .requests
-                        .as_ref()?
-                        .get("storage")
-                        .map(|q| q.0.clone())
-                });
+            let size = claim_size(&sts);
             if sts.metadata.uid != first_sts
                 && size
                     .as_deref()
@@ -1611,19 +1590,6 @@ async fn a_refused_volume_expansion_is_reported_and_wedges_nothing() {
     })
     .await;
     let sts: StatefulSet = child(&client, &ns.name, "fixed").await;
-    let template = &sts.spec.unwrap().volume_claim_templates.unwrap()[0];
-    let size = template
-        .spec
-        .as_ref()
-        .unwrap()
-        .resources
-        .as_ref()
-        .unwrap()
-        .requests
-        .as_ref()
-        .unwrap()["storage"]
-        .0
-        .clone();
-    assert_eq!(size, "10Gi");
+    assert_eq!(claim_size(&sts).as_deref(), Some("10Gi"));
     kubectl(&["delete", "storageclass", &class, "--wait=false"]);
 }
