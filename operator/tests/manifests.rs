@@ -47,7 +47,7 @@ fn run_kubernetes_validate(files: &[PathBuf]) -> Option<(bool, String)> {
             );
             Some((output.status.success(), report))
         }
-        Err(error) if std::env::var("DEDUP_ALLOW_MISSING_TOOLS").is_ok_and(|v| v == "1") => {
+        Err(error) if dedup_core::test_services::may_skip("DEDUP_ALLOW_MISSING_TOOLS") => {
             eprintln!("skipping: kubernetes-validate not runnable ({error}) and DEDUP_ALLOW_MISSING_TOOLS=1");
             None
         }

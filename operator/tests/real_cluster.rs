@@ -102,7 +102,7 @@ fn kubectl_refused(args: &[&str], stdin: Option<&str>) -> String {
 /// A client of the test control plane, or `None` when the test may skip.
 async fn cluster() -> Option<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
-        if std::env::var("DEDUP_ALLOW_MISSING_SERVICES").is_ok_and(|v| v == "1") {
+        if dedup_core::test_services::may_skip("DEDUP_ALLOW_MISSING_SERVICES") {
             eprintln!("skipping: no KUBECONFIG and DEDUP_ALLOW_MISSING_SERVICES=1");
             return None;
         }

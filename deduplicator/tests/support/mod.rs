@@ -756,7 +756,7 @@ pub fn test_s3() -> Option<TestS3> {
             bucket: unique_bucket(),
         });
     }
-    if std::env::var("DEDUP_ALLOW_MISSING_SERVICES").is_ok_and(|v| v == "1") {
+    if dedup_core::test_services::may_skip("DEDUP_ALLOW_MISSING_SERVICES") {
         eprintln!("skipping: no S3 at {endpoint} and DEDUP_ALLOW_MISSING_SERVICES=1");
         return None;
     }
