@@ -776,6 +776,14 @@ fn a_missing_output_or_dead_letter_topic_is_named_at_start() {
     let input = kafka.topic("in", 1);
     let output = kafka.topic("out", 1);
     let dir = tempfile::tempdir().unwrap();
+    // Events waiting on the input: a process that started consuming would commit some.
+    kafka.produce(
+        &input,
+        &generate(200, 10, 1, 31, "mt")
+            .iter()
+            .map(GenEvent::produced)
+            .collect::<Vec<_>>(),
+    );
     for (setting, missing_output) in [("OUTPUT_TOPIC", true), ("DEAD_LETTER_TOPIC", false)] {
         let missing = format!("no-such-topic-{}", std::process::id());
         let mut spec = DedupSpec::new(

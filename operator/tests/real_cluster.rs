@@ -449,30 +449,59 @@ fn owned_by(object: &impl Resource, cluster: &DedupCluster) -> bool {
     })
 }
 
-async fn resource_versions(client: &Client, namespace: &str, name: &str) -> [Option<String>; 4] {
-    let config = format!("{name}-config");
+/// The resourceVersions of the cluster's children (`None`: absent) and of the
+/// DedupCluster itself; an API error fails the test.
+async fn resource_versions(client: &Client, namespace: &str, name: &str) -> [Option<String>; 5] {
+    async fn version<K>(client: &Client, namespace: &str, name: &str) -> Option<String>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::<K>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading {} {name}: {e}", K::kind(&())))
+            .and_then(|o| o.meta().resource_version.clone())
+    }
     [
-        Api::<ConfigMap>::namespaced(client.clone(), namespace)
-            .get(&config)
-            .await
-            .ok()
-            .and_then(|o| o.metadata.resource_version),
-        Api::<Service>::namespaced(client.clone(), namespace)
-            .get(name)
-            .await
-            .ok()
-            .and_then(|o| o.metadata.resource_version),
-        Api::<StatefulSet>::namespaced(client.clone(), namespace)
-            .get(name)
-            .await
-            .ok()
-            .and_then(|o| o.metadata.resource_version),
-        Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace)
-            .get(name)
-            .await
-            .ok()
-            .and_then(|o| o.metadata.resource_version),
+        version::<ConfigMap>(client, namespace, &format!("{name}-config")).await,
+        version::<Service>(client, namespace, name).await,
+        version::<StatefulSet>(client, namespace, name).await,
+        version::<PodDisruptionBudget>(client, namespace, name).await,
+        version::<DedupCluster>(client, namespace, name).await,
     ]
+}
+
+/// Waits until the operator has made no reconcile for two seconds; returns the count.
+async fn settled(operator: &Operator) -> u64 {
+    let mut last = operator.reconciles();
+    let mut quiet_since = Instant::now();
+    let deadline = Instant::now() + WAIT;
+    while quiet_since.elapsed() < Duration::from_secs(2) {
+        assert!(Instant::now() < deadline, "the operator never settles");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = operator.reconciles();
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    last
+}
+
+/// Waits for a reconcile after `before` (so that "nothing changed" follows one).
+async fn reconciled_after(operator: &Operator, before: u64) {
+    eventually("a reconcile", WAIT, || async {
+        let now = operator.reconciles();
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("{now} reconciles"))
+        }
+    })
+    .await;
 }
 
 // --- the tests ------------------------------------------------------------------------------
@@ -697,6 +726,9 @@ async fn a_removed_spec_field_leaves_the_children_and_a_steady_reconcile_writes_
     );
 
     // Remove two fields: their settings leave the ConfigMap, and the pods roll onto it.
+    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
+    let revision = |s: &StatefulSet| s.status.as_ref().and_then(|s| s.update_revision.clone());
+    let first_revision = revision(&statefulsets.get("trimmed").await.unwrap());
     kubectl(&[
         "patch",
         "dedup",
@@ -723,6 +755,11 @@ async fn a_removed_spec_field_leaves_the_children_and_a_steady_reconcile_writes_
     })
     .await;
     ready(&clusters, "trimmed", &operator).await;
+    let rolled = revision(&statefulsets.get("trimmed").await.unwrap());
+    assert_ne!(
+        rolled, first_revision,
+        "the pods did not roll onto the new settings"
+    );
 
     // Steady state. A change to an owned object (someone labels the ConfigMap) triggers a
     // reconcile of the unchanged spec: it writes no child (no resourceVersion moves).
@@ -734,8 +771,9 @@ async fn a_removed_spec_field_leaves_the_children_and_a_steady_reconcile_writes_
         &ns.name,
         "example.com/touched=yes",
     ]);
+    // The reconcile that label triggers is over before anything is counted.
+    let before = settled(&operator).await;
     let before_versions = resource_versions(&client, &ns.name, "trimmed").await;
-    let before = operator.reconciles();
     kubectl(&[
         "label",
         "service",
@@ -750,15 +788,7 @@ async fn a_removed_spec_field_leaves_the_children_and_a_steady_reconcile_writes_
         .unwrap()
         .metadata
         .resource_version;
-    eventually("a reconcile after the label", WAIT, || async {
-        let now = operator.reconciles();
-        if now > before {
-            Ok(())
-        } else {
-            Err(format!("{now} reconciles"))
-        }
-    })
-    .await;
+    reconciled_after(&operator, before).await;
     // Time for any write the reconcile would make.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_versions = resource_versions(&client, &ns.name, "trimmed").await;
@@ -766,6 +796,10 @@ async fn a_removed_spec_field_leaves_the_children_and_a_steady_reconcile_writes_
     assert_eq!(after_versions[1], service_version, "Service written");
     assert_eq!(after_versions[2], before_versions[2], "StatefulSet written");
     assert_eq!(after_versions[3], before_versions[3], "PDB written");
+    assert_eq!(
+        after_versions[4], before_versions[4],
+        "DedupCluster (status) written"
+    );
     let labels = Api::<Service>::namespaced(client.clone(), &ns.name)
         .get("trimmed")
         .await
@@ -780,7 +814,7 @@ async fn a_removed_spec_field_leaves_the_children_and_a_steady_reconcile_writes_
 
     // A status-only change (the operator's own status writes are such changes) does not
     // trigger a reconcile: the watch is filtered to spec generations.
-    let before = operator.reconciles();
+    let before = settled(&operator).await;
     kubectl(&[
         "patch",
         "dedup",
@@ -1133,12 +1167,15 @@ async fn a_paused_cluster_is_left_alone_until_resumed() {
         }
     })
     .await;
+    let before = settled(&operator).await;
     patch_cluster(
         &ns.name,
         "held",
         r#"{"spec": {"dedup": {"window": "48h"}}}"#,
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The spec change is reconciled (and left alone), not missed.
+    reconciled_after(&operator, before).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         window().await.as_deref(),
         Some("24h"),
@@ -1476,7 +1513,8 @@ async fn a_larger_storage_size_expands_the_volumes_without_restarting_pods() {
     assert!(described.contains("VolumesExpanded"), "{described}");
 
     // Steady: a reconcile now re-creates nothing (the spellings differ, the sizes do not).
-    let settled = statefulsets.get("growing").await.unwrap().metadata.uid;
+    let before = settled(&operator).await;
+    let recreated = statefulsets.get("growing").await.unwrap().metadata.uid;
     kubectl(&[
         "label",
         "configmap",
@@ -1485,10 +1523,11 @@ async fn a_larger_storage_size_expands_the_volumes_without_restarting_pods() {
         &ns.name,
         "touched=yes",
     ]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    reconciled_after(&operator, before).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         statefulsets.get("growing").await.unwrap().metadata.uid,
-        settled
+        recreated
     );
     kubectl(&["delete", "storageclass", &class, "--wait=false"]);
 }
