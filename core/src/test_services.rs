@@ -6,5 +6,10 @@
 /// Whether a test may skip because what it needs is missing: `variable` is `1` and `CI`
 /// is not set.
 pub fn may_skip(variable: &str) -> bool {
-    std::env::var(variable).is_ok_and(|v| v == "1") && std::env::var_os("CI").is_none()
+    std::env::var(variable).is_ok_and(|v| v == "1") && !in_ci()
+}
+
+/// Whether this is a CI run: `CI` set to anything but empty or `false`.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
 }

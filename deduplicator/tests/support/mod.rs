@@ -52,7 +52,7 @@ impl TestKafka {
             }
         }
         let mock_asked = std::env::var(KAFKA_TIER_VAR).is_ok_and(|v| v == "mock");
-        let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+        let in_ci = dedup_core::test_services::in_ci();
         if !mock_asked || in_ci {
             panic!(
                 "no Kafka broker: {REAL_BROKER_VAR} is not set. Start the test services with \
