@@ -326,7 +326,7 @@ impl Metrics {
         );
         r.register(
             "transactions",
-            "Output transactions (OUTPUT_GUARANTEE=exactly-once) by result (committed, aborted, fenced: another owner took the partition's transactional id)",
+            "Output transactions (OUTPUT_GUARANTEE=exactly-once) by result (committed; aborted; fenced: another owner took the partition's transactional id; reinitialised: fenced while still the owner, e.g. the coordinator timed the transaction out; resumed: a commit call ran out and was called again)",
             metrics.transactions.clone(),
         );
         r.register(

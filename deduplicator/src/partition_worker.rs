@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use crate::message_tracker::{AckableMessage, PartitionTracker, Reservation};
 use crate::metrics::{MalformedLabels, PartitionLabels};
 use crate::pipeline::Pipeline;
-use crate::publisher::{Delivered, Target};
+use crate::publisher::{forget_dead_lettered, Delivered, Target};
 use crate::rebalance_handler::{DedupConsumer, PartitionQueue};
 use crate::transactional_publisher::{TransactionError, TransactionalPublisher};
 
@@ -169,6 +169,16 @@ impl PartitionWorker {
                 true
             }
             Err(TransactionError::Fenced { .. }) => false,
+            Err(error @ TransactionError::Fatal { .. }) => {
+                // Not retried as if it were transient: the process is restarted (not
+                // live), and the partition's messages are consumed again from its
+                // committed offset.
+                tracing::error!(partition = self.partition, %error, "exactly-once output failed; this partition stops");
+                self.pipeline
+                    .health
+                    .set_not_live(format!("partition {}: {error}", self.partition));
+                false
+            }
             Err(error @ TransactionError::Deadline(_)) => {
                 tracing::error!(partition = self.partition, %error, "transaction abandoned at revocation; the next owner publishes its messages");
                 true
@@ -289,7 +299,10 @@ impl PartitionWorker {
             };
             if let Some(transactions) = self.transactions.as_mut() {
                 // Final once the transaction commits; a failed commit publishes it again.
-                transactions.publish(message, target).await;
+                let forget = stored_key
+                    .filter(|_| target == Target::Output && publisher.has_dead_letter())
+                    .map(|key| (Arc::clone(&self.store), key));
+                transactions.publish(message, target, forget).await;
                 ackable.ack();
                 continue;
             }
@@ -401,20 +414,6 @@ impl PartitionWorker {
                 tracing::warn!(partition = self.partition, %error, "storing the offset failed")
             }
         }
-    }
-}
-
-/// A unique event that went to the dead-letter topic because it could not be published
-/// was never output: its key is forgotten, so that replaying the dead-letter topic into
-/// the input publishes it (once) instead of dropping it as a duplicate of itself.
-fn forget_dead_lettered(
-    store: &PartitionStore,
-    key: &dedup_core::StoredKey,
-    message: &OwnedMessage,
-) {
-    if let Err(error) = store.forget(key, message.offset()) {
-        tracing::warn!(partition = message.partition(), offset = message.offset(), %error,
-            "cannot forget the key of a dead-lettered event; replaying it would drop it as a duplicate");
     }
 }
 

@@ -236,6 +236,20 @@ pub(crate) async fn send(
     }
 }
 
+/// A unique event that went to the dead-letter topic because it could not be published
+/// was never output: its key is forgotten, so that replaying the dead-letter topic into
+/// the input publishes it (once) instead of dropping it as a duplicate of itself.
+pub(crate) fn forget_dead_lettered(
+    store: &dedup_core::store::PartitionStore,
+    key: &dedup_core::StoredKey,
+    message: &OwnedMessage,
+) {
+    if let Err(error) = store.forget(key, message.offset()) {
+        tracing::warn!(partition = message.partition(), offset = message.offset(), %error,
+            "cannot forget the key of a dead-lettered event; replaying it would drop it as a duplicate");
+    }
+}
+
 pub(crate) fn backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(8))).min(Duration::from_secs(10))
 }

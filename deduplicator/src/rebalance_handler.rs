@@ -411,7 +411,7 @@ impl RebalanceHandler {
                 let started = tokio::select! {
                     biased;
                     _ = fenced(&mut fence) => None,
-                    started = start_transactions(&pipeline, partition) => Some(started),
+                    started = start_transactions(&pipeline, partition) => started,
                 };
                 match started {
                     Some(transactions) => Some(transactions),
@@ -648,8 +648,13 @@ impl RebalanceHandler {
 }
 
 /// The partition's transactional producer, retried until the brokers answer (the caller
-/// drops this future when the partition is revoked first).
-async fn start_transactions(pipeline: &Arc<Pipeline>, partition: i32) -> TransactionalPublisher {
+/// drops this future when the partition is revoked first). A fatal error (brokers
+/// without transactions, a transactional id this client may not use) is not retried as
+/// if it were transient: `None`, and the process is not live, with the error as reason.
+async fn start_transactions(
+    pipeline: &Arc<Pipeline>,
+    partition: i32,
+) -> Option<TransactionalPublisher> {
     let mut failures = 0u32;
     loop {
         match TransactionalPublisher::start(
@@ -659,7 +664,15 @@ async fn start_transactions(pipeline: &Arc<Pipeline>, partition: i32) -> Transac
         )
         .await
         {
-            Ok(transactions) => return transactions,
+            Ok(transactions) => return Some(transactions),
+            Err(KafkaError::Transaction(error)) if error.is_fatal() => {
+                pipeline.metrics.kafka_errors.inc();
+                tracing::error!(partition, %error, "the brokers refuse this partition's transactional producer (do they support transactions, and may this client use the transactional id?); OUTPUT_GUARANTEE=exactly-once cannot work, the partition is not consumed");
+                pipeline.health.set_not_live(format!(
+                    "partition {partition}: exactly-once output refused by the brokers: {error}"
+                ));
+                return None;
+            }
             Err(error) => {
                 failures += 1;
                 pipeline.metrics.kafka_errors.inc();

@@ -122,7 +122,7 @@ async fn an_aborted_transaction_publishes_its_messages_again() {
     let body = |offset: i64| format!("event {offset} {}", "x".repeat(1500));
     for offset in 0..3 {
         transactions
-            .publish(message(&input, offset, &body(offset)), Target::Output)
+            .publish(message(&input, offset, &body(offset)), Target::Output, None)
             .await;
     }
     transactions.consumed(3, 3);
@@ -158,6 +158,224 @@ async fn an_aborted_transaction_publishes_its_messages_again() {
     );
 }
 
+/// A commit that outlasts its call (the call times out, retriably, while the broker goes
+/// on with it) is resumed with `commit_transaction` alone. Sending the offsets again, as
+/// a new commit would, is refused by librdkafka as a conflicting call, again and again.
+/// Each `commit_transaction` call is given no time at all here, so the broker's commit
+/// always outlasts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_outlasts_its_call_is_resumed() {
+    let Some(kafka) = TestKafka::start_real() else {
+        return;
+    };
+    let input = kafka.topic("txin", 1);
+    let output = kafka.topic("txout", 1);
+    let config = exactly_once_config(&kafka, &input, &output);
+    let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+    let consumer = group_consumer(&kafka, &config);
+    let mut transactions = TransactionalPublisher::start(&config, 0, Arc::clone(&metrics))
+        .await
+        .expect("transactional producer");
+    transactions.set_commit_call_timeout(Duration::ZERO);
+    for round in 0..3i64 {
+        for offset in round * 3..round * 3 + 3 {
+            let body = format!("event {offset}");
+            transactions
+                .publish(message(&input, offset, &body), Target::Output, None)
+                .await;
+        }
+        transactions.consumed(round * 3 + 3, 3);
+        // Delivered first, so that what runs out is the commit itself, not its flush.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let committed = transactions
+            .commit(&consumer, Some(Instant::now() + Duration::from_secs(30)))
+            .await;
+        assert!(committed.is_ok(), "round {round}: {committed:?}");
+    }
+    assert_eq!(count(&metrics, "committed"), 3);
+    assert!(
+        count(&metrics, "resumed") >= 3,
+        "every commit outlasted its first call"
+    );
+    assert_eq!(
+        count(&metrics, "aborted"),
+        0,
+        "a resumed commit aborts nothing"
+    );
+    assert_eq!(committed_offset(&consumer, &input), Some(9));
+    let published = kafka.read_all(&output, 1, 9, Duration::from_secs(2));
+    let mut bodies: Vec<String> = published
+        .iter()
+        .map(|m| {
+            String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default()).into_owned()
+        })
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        (0..9).map(|o| format!("event {o}")).collect::<Vec<_>>(),
+        "each message once"
+    );
+}
+
+/// A transaction left open longer than `TRANSACTION_TIMEOUT` (a stalled output, a long
+/// pause) is aborted by the broker's transaction coordinator, which bumps the producer's
+/// epoch. That is not a new owner: the partition's producer must not stop as "fenced"
+/// (no rebalance would follow, and the partition would stay assigned and unconsumed);
+/// it publishes the transaction's messages again and commits, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_aborted_by_the_coordinator_timeout_is_not_fencing() {
+    let Some(kafka) = TestKafka::start_real() else {
+        return;
+    };
+    let input = kafka.topic("txin", 1);
+    let output = kafka.topic("txout", 1);
+    let mut config = exactly_once_config(&kafka, &input, &output);
+    config.transaction_timeout = Duration::from_secs(2);
+    let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+    let consumer = group_consumer(&kafka, &config);
+    // The partition is this member's (as it would be in the group).
+    let mut assigned = TopicPartitionList::new();
+    assigned.add_partition(&input, 0);
+    consumer.assign(&assigned).expect("assign");
+    let mut transactions = TransactionalPublisher::start(&config, 0, Arc::clone(&metrics))
+        .await
+        .expect("transactional producer");
+    for offset in 0..3 {
+        transactions
+            .publish(
+                message(&input, offset, &format!("event {offset}")),
+                Target::Output,
+                None,
+            )
+            .await;
+    }
+    transactions.consumed(3, 3);
+    // Past the timeout and the coordinator's check for timed-out transactions.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    // As a worker commits (not giving the partition up), bounded here by the test.
+    let committed = tokio::time::timeout(
+        Duration::from_secs(60),
+        transactions.commit(&consumer, None),
+    )
+    .await;
+    assert!(
+        matches!(committed, Ok(Ok(()))),
+        "the commit ended {committed:?}"
+    );
+    assert_eq!(
+        count(&metrics, "fenced"),
+        0,
+        "nobody else owns the partition"
+    );
+    assert!(count(&metrics, "reinitialised") >= 1);
+    assert_eq!(count(&metrics, "committed"), 1);
+    assert_eq!(committed_offset(&consumer, &input), Some(3));
+    let published = kafka.read_all(&output, 1, 3, Duration::from_secs(2));
+    let mut bodies: Vec<String> = published
+        .iter()
+        .map(|m| {
+            String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default()).into_owned()
+        })
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        ["event 0", "event 1", "event 2"],
+        "each message once"
+    );
+}
+
+/// A message the broker refuses every time (here: a record without a key, which a
+/// compacted output topic rejects as invalid) would abort its transaction, be published
+/// again in the next one and abort it again, forever. After `PUBLISH_MAX_ATTEMPTS` it goes
+/// to the dead-letter topic (in the same transaction as the rest) or, without one, is
+/// skipped and counted; the other messages commit once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_always_refuses_ends_the_abort_loop() {
+    let Some(kafka) = TestKafka::start_real() else {
+        return;
+    };
+    for with_dead_letter in [true, false] {
+        let input = kafka.topic("txin", 1);
+        let output = kafka.topic_with_config("txout", 1, &[("cleanup.policy", "compact")]);
+        let dead_letter = kafka.topic("txdlq", 1);
+        let mut config = exactly_once_config(&kafka, &input, &output);
+        config.publish_max_attempts = 3;
+        if with_dead_letter {
+            config.dead_letter_topic = Some(dead_letter.clone());
+        }
+        let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+        let consumer = group_consumer(&kafka, &config);
+        let mut transactions = TransactionalPublisher::start(&config, 0, Arc::clone(&metrics))
+            .await
+            .expect("transactional producer");
+        let keyless = OwnedMessage::new(
+            Some(b"event without a key".to_vec()),
+            None,
+            input.clone(),
+            Timestamp::CreateTime(1_700_000_000_000),
+            0,
+            1,
+            None,
+        );
+        transactions
+            .publish(message(&input, 0, "event 0"), Target::Output, None)
+            .await;
+        transactions.publish(keyless, Target::Output, None).await;
+        transactions
+            .publish(message(&input, 2, "event 2"), Target::Output, None)
+            .await;
+        transactions.consumed(3, 3);
+        let committed = tokio::time::timeout(
+            Duration::from_secs(90),
+            transactions.commit(&consumer, None),
+        )
+        .await;
+        assert!(
+            matches!(committed, Ok(Ok(()))),
+            "dead letter {with_dead_letter}: the commit ended {committed:?}"
+        );
+        assert_eq!(count(&metrics, "committed"), 1);
+        assert_eq!(committed_offset(&consumer, &input), Some(3));
+        // One abort per refusal, and at times one more: after a refused record
+        // librdkafka bumps the producer's epoch, which can purge the next transaction's
+        // first sends (not counted against them).
+        let aborted = count(&metrics, "aborted");
+        assert!(
+            (3..=9).contains(&aborted),
+            "{aborted} aborts for PUBLISH_MAX_ATTEMPTS=3"
+        );
+        let bodies = |topic: &str, expected: usize| -> Vec<String> {
+            let mut bodies: Vec<String> = kafka
+                .read_all(topic, 1, expected, Duration::from_secs(2))
+                .iter()
+                .map(|m| {
+                    String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default())
+                        .into_owned()
+                })
+                .collect();
+            bodies.sort();
+            bodies
+        };
+        assert_eq!(bodies(&output, 2), ["event 0", "event 2"], "each once");
+        let skipped = metrics
+            .publish_skipped
+            .get_or_create(&deduplicator::metrics::ReasonLabels {
+                reason: "invalid_record",
+            })
+            .get();
+        if with_dead_letter {
+            assert_eq!(bodies(&dead_letter, 1), ["event without a key"]);
+            assert_eq!(metrics.dead_lettered.get(), 1);
+            assert_eq!(skipped, 0);
+        } else {
+            assert_eq!(metrics.dead_lettered.get(), 0);
+            assert_eq!(skipped, 1, "skipped and counted");
+        }
+    }
+}
+
 /// A second producer of the same partition (its new owner) fences the first: the old
 /// owner's commit fails as fenced, commits nothing, and the new owner's commit counts.
 /// The broker fences the old producer by itself when the new one initialises the id.
@@ -174,8 +392,12 @@ async fn a_new_owner_of_the_partition_fences_the_old_one() {
     let mut old = TransactionalPublisher::start(&config, 0, Arc::clone(&old_metrics))
         .await
         .expect("old owner");
-    old.publish(message(&input, 0, "from the old owner"), Target::Output)
-        .await;
+    old.publish(
+        message(&input, 0, "from the old owner"),
+        Target::Output,
+        None,
+    )
+    .await;
     old.consumed(1, 1);
 
     let new_metrics = Arc::new(Metrics::new(&mut Registry::default()));
@@ -193,8 +415,12 @@ async fn a_new_owner_of_the_partition_fences_the_old_one() {
     assert_eq!(count(&old_metrics, "committed"), 0);
     assert_eq!(old_metrics.published.get(), 0);
 
-    new.publish(message(&input, 0, "from the new owner"), Target::Output)
-        .await;
+    new.publish(
+        message(&input, 0, "from the new owner"),
+        Target::Output,
+        None,
+    )
+    .await;
     new.consumed(1, 1);
     new.commit(&consumer, Some(Instant::now() + Duration::from_secs(30)))
         .await
