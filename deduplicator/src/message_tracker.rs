@@ -7,16 +7,20 @@
 //! Offsets are followed in receive order, not by arithmetic: Kafka offsets may have gaps
 //! (compaction, transaction markers).
 //!
-//! A message dropped without ack or nack is a bug; it is logged and counted, and its
-//! offset (and every later one of the partition) is never committed, so the message is
-//! redelivered rather than lost. After a partition is fenced, dropping is how in-flight
-//! work is abandoned, and is counted as such.
+//! A message dropped without ack or nack is a bug (a delivery that panicked past its
+//! retries, say); it is logged and counted, and its offset (and every later one of the
+//! partition) is never committed, so the message is redelivered rather than lost. The
+//! process then reports not live, so that the restart the liveness probe causes
+//! redelivers it and commits move again (instead of freezing while the partition's
+//! pending offsets grow). After a partition is fenced, dropping is how in-flight work
+//! is abandoned, and is counted as such.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use dedup_core::http::Health;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
@@ -26,13 +30,16 @@ use crate::metrics::Metrics;
 pub struct MessageTracker {
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    /// Made not live when a message's outcome is lost (see the module documentation).
+    health: Health,
 }
 
 impl MessageTracker {
-    pub fn new(max_in_flight: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(max_in_flight: usize, metrics: Arc<Metrics>, health: Health) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             metrics,
+            health,
         }
     }
 
@@ -229,8 +236,12 @@ impl Drop for AckableMessage {
             tracing::error!(
                 partition = self.partition.partition,
                 offset = self.offset,
-                "message dropped without ack or nack; the partition's offsets will not be committed past it"
+                "message dropped without ack or nack; the partition's offsets will not be committed past it until a restart redelivers it"
             );
+            self.partition.tracker.health.set_not_live(format!(
+                "partition {}: the outcome of offset {} was lost; a restart redelivers it",
+                self.partition.partition, self.offset
+            ));
         }
     }
 }
@@ -242,7 +253,11 @@ mod tests {
 
     fn tracker(max: usize) -> (MessageTracker, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new(&mut Registry::default()));
-        (MessageTracker::new(max, Arc::clone(&metrics)), metrics)
+        let health = Health::default();
+        (
+            MessageTracker::new(max, Arc::clone(&metrics), health),
+            metrics,
+        )
     }
 
     #[tokio::test]
@@ -312,8 +327,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_message_is_reported_and_blocks_commits() {
+    async fn a_dropped_message_is_reported_blocks_commits_and_asks_for_a_restart() {
         let (tracker, metrics) = tracker(10);
+        tracker.health.set_live();
         let partition = tracker.partition(0, None);
         let dropped = partition.track(0, tracker.reserve().await);
         let later = partition.track(1, tracker.reserve().await);
@@ -322,16 +338,22 @@ mod tests {
         assert_eq!(metrics.unacked_dropped.get(), 1);
         assert_eq!(partition.committable(), None);
         assert_eq!(tracker.available(), 10, "the reservation is returned");
+        assert!(
+            !tracker.health.is_live(),
+            "commits cannot move past it until a restart redelivers it"
+        );
     }
 
     #[tokio::test]
     async fn dropping_after_fence_is_abandonment() {
         let (tracker, metrics) = tracker(10);
+        tracker.health.set_live();
         let partition = tracker.partition(0, None);
         let message = partition.track(0, tracker.reserve().await);
         partition.fence();
         drop(message);
         assert_eq!(metrics.unacked_dropped.get(), 0);
         assert_eq!(metrics.abandoned_on_revoke.get(), 1);
+        assert!(tracker.health.is_live());
     }
 }

@@ -64,6 +64,7 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub unacked_dropped: Counter,
     pub abandoned_on_revoke: Counter,
+    pub delivery_panics: Counter,
     pub store_size_bytes: Family<PartitionLabels, Gauge>,
     pub store_errors: Counter,
     pub evicted_keys: Family<KindLabels, Counter>,
@@ -118,6 +119,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             unacked_dropped: Counter::default(),
             abandoned_on_revoke: Counter::default(),
+            delivery_panics: Counter::default(),
             store_size_bytes: Family::default(),
             store_errors: Counter::default(),
             evicted_keys: Family::default(),
@@ -206,8 +208,13 @@ impl Metrics {
         );
         r.register(
             "unacked_dropped",
-            "Messages dropped without ack or nack (a bug: their offsets are never committed)",
+            "Messages dropped without ack or nack (a bug: their offsets are never committed until a restart; the process reports not live)",
             metrics.unacked_dropped.clone(),
+        );
+        r.register(
+            "delivery_panics",
+            "Deliveries that panicked (a bug); the message is published again, up to PUBLISH_MAX_ATTEMPTS times",
+            metrics.delivery_panics.clone(),
         );
         r.register(
             "abandoned_on_revoke",

@@ -18,13 +18,14 @@ use dedup_core::event;
 use dedup_core::store::{Outcome, PartitionStore};
 use futures_util::FutureExt;
 use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::message_tracker::{AckableMessage, PartitionTracker, Reservation};
-use crate::metrics::{MalformedLabels, PartitionLabels};
+use crate::metrics::{MalformedLabels, Metrics, PartitionLabels};
 use crate::pipeline::Pipeline;
 use crate::publisher::{forget_dead_lettered, Delivered, Target};
 use crate::rebalance_handler::{DedupConsumer, PartitionQueue};
@@ -310,19 +311,47 @@ impl PartitionWorker {
                 None => ackable.ack(), // no output topic: deduplicate and count only
                 Some(first) => {
                     let publisher = Arc::clone(publisher);
+                    let metrics = Arc::clone(metrics);
+                    let max_attempts = self.pipeline.config.publish_max_attempts;
                     // Only an output message can end in the dead-letter topic by failing.
                     let forget = stored_key
                         .filter(|_| target == Target::Output && publisher.has_dead_letter())
                         .map(|key| (Arc::clone(&self.store), key));
+                    let message = Arc::new(message);
                     deliveries.spawn(async move {
-                        match publisher.deliver(&message, target, first).await {
-                            Delivered::Output | Delivered::Skipped => ackable.ack(),
-                            Delivered::DeadLetter => {
+                        let mut first = Some(first);
+                        let delivered = deliver_surviving_panics(
+                            |_| {
+                                let (publisher, message) =
+                                    (Arc::clone(&publisher), Arc::clone(&message));
+                                let first = first.take();
+                                async move {
+                                    let attempt = match first {
+                                        Some(first) => first,
+                                        None => publisher
+                                            .enqueue(&message, target)
+                                            .await
+                                            .unwrap_or(Err(KafkaError::Canceled)),
+                                    };
+                                    publisher.deliver(&message, target, attempt).await
+                                }
+                            },
+                            max_attempts,
+                            &metrics,
+                            &message,
+                        )
+                        .await;
+                        match delivered {
+                            Some(Delivered::Output | Delivered::Skipped) => ackable.ack(),
+                            Some(Delivered::DeadLetter) => {
                                 if let Some((store, key)) = forget {
                                     forget_dead_lettered(&store, &key, &message);
                                 }
                                 ackable.nack()
                             }
+                            // Dropped unacked: never committed past, and the process
+                            // reports not live so that a restart redelivers it.
+                            None => drop(ackable),
                         }
                     });
                 }
@@ -417,6 +446,47 @@ impl PartitionWorker {
     }
 }
 
+/// Runs `deliver` (one publication of `message`, with its own retries) and, when it
+/// panics (a bug: the outcome is unknown), publishes the message again, up to
+/// `max_attempts` panics: at-least-once, an original may go out twice, nothing is lost.
+/// `None` once every attempt panicked. A panic must not drop the message's ack silently,
+/// which would freeze the partition's commits while its pending offsets grow.
+pub(crate) async fn deliver_surviving_panics<F, Fut>(
+    mut deliver: F,
+    max_attempts: u32,
+    metrics: &Metrics,
+    message: &OwnedMessage,
+) -> Option<Delivered>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Delivered>,
+{
+    for attempt in 1..=max_attempts.max(1) {
+        match std::panic::AssertUnwindSafe(deliver(attempt))
+            .catch_unwind()
+            .await
+        {
+            Ok(delivered) => return Some(delivered),
+            Err(panic) => {
+                metrics.delivery_panics.inc();
+                let panic = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    attempt,
+                    panic,
+                    "a delivery panicked (a bug); publishing the message again"
+                );
+            }
+        }
+    }
+    None
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -428,4 +498,61 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 pub(crate) async fn fenced(fence: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send: drop it here, not in the caller.
     let _ = fence.wait_for(|fenced| *fenced).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+    use rdkafka::Timestamp;
+
+    fn message() -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            "in".into(),
+            Timestamp::NotAvailable,
+            3,
+            42,
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_panics_is_published_again() {
+        let metrics = Metrics::new(&mut Registry::default());
+        let mut calls = 0;
+        let delivered = deliver_surviving_panics(
+            |attempt| {
+                calls += 1;
+                async move {
+                    if attempt == 1 {
+                        panic!("a bug in the first delivery");
+                    }
+                    Delivered::Output
+                }
+            },
+            5,
+            &metrics,
+            &message(),
+        )
+        .await;
+        assert_eq!(delivered, Some(Delivered::Output));
+        assert_eq!(calls, 2);
+        assert_eq!(metrics.delivery_panics.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_always_panics_gives_up_after_its_attempts() {
+        let metrics = Metrics::new(&mut Registry::default());
+        let delivered = deliver_surviving_panics(
+            |_| async { panic!("a bug in every delivery") },
+            3,
+            &metrics,
+            &message(),
+        )
+        .await;
+        assert_eq!(delivered, None);
+        assert_eq!(metrics.delivery_panics.get(), 3);
+    }
 }

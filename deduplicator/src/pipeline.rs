@@ -53,6 +53,7 @@ impl Pipeline {
             tracker: MessageTracker::new(
                 config.max_in_flight_messages as usize,
                 Arc::clone(&metrics),
+                health.clone(),
             ),
             resources: config.store_resources(),
             publisher: Arc::new(publisher),
