@@ -357,11 +357,17 @@ impl Config {
 
     /// The `transactional.id` of a source partition (exactly-once).
     pub fn transactional_id(&self, partition: i32) -> String {
+        format!("{}-{partition}", self.transactional_id_base())
+    }
+
+    /// `{TRANSACTIONAL_ID_PREFIX}-{topic}`: what every transactional id of this
+    /// deduplicator starts with.
+    pub fn transactional_id_base(&self) -> String {
         let prefix = self
             .transactional_id_prefix
             .as_deref()
             .unwrap_or(&self.kafka_consumer_group);
-        format!("{prefix}-{}-{partition}", self.kafka_consumer_topic)
+        format!("{prefix}-{}", self.kafka_consumer_topic)
     }
 
     /// Settings that are valid one by one but not together.

@@ -47,6 +47,14 @@ pub enum RunError {
         topic: String,
         hosts: String,
     },
+    #[error("OUTPUT_GUARANTEE=exactly-once, but the Kafka cluster (KAFKA_HOSTS={hosts}) refuses this client's transactions: {source}. The brokers must support transactions (Kafka 2.5+), accept TRANSACTION_TIMEOUT ({timeout:?}, at most their transaction.max.timeout.ms) and allow the transactional ids (prefix {prefix}); or use OUTPUT_GUARANTEE=at-least-once")]
+    TransactionsRefused {
+        hosts: String,
+        timeout: Duration,
+        prefix: String,
+        #[source]
+        source: KafkaError,
+    },
     #[error("cannot create the store directory {path} (STORE_PATH): {source}")]
     StorePath {
         path: std::path::PathBuf,
@@ -168,9 +176,30 @@ impl StatefulKafkaConsumer {
         Ok(())
     }
 
+    /// Fails start-up when exactly-once output is asked of brokers that refuse this
+    /// client's transactions, instead of retrying each partition's producer forever.
+    async fn check_transactions(&self) -> Result<(), RunError> {
+        let config = &self.pipeline.config;
+        if !config.exactly_once() {
+            return Ok(());
+        }
+        crate::transactional_publisher::check_brokers(config, TOPIC_CHECK_TIMEOUT)
+            .await
+            .map_err(|source| RunError::TransactionsRefused {
+                hosts: config.kafka_hosts.clone(),
+                timeout: config.transaction_timeout,
+                prefix: config
+                    .transactional_id_prefix
+                    .clone()
+                    .unwrap_or_else(|| config.kafka_consumer_group.clone()),
+                source,
+            })
+    }
+
     /// Subscribes and consumes until `shutdown` completes, then shuts down cleanly.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         self.check_topics_exist().await?;
+        self.check_transactions().await?;
         let topic = self.pipeline.config.kafka_consumer_topic.clone();
         self.consumer
             .subscribe(&[&topic])

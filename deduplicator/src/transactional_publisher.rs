@@ -166,24 +166,7 @@ impl TransactionalPublisher {
         metrics: Arc<Metrics>,
     ) -> Result<Self, KafkaError> {
         let transactional_id = config.transactional_id(partition);
-        let mut client = ClientConfig::new();
-        client
-            .set("transactional.id", &transactional_id)
-            .set(
-                "transaction.timeout.ms",
-                config.transaction_timeout.as_millis().to_string(),
-            )
-            .set("linger.ms", "5")
-            .set(
-                "client.id",
-                client_id(config, &format!("producer-{partition}")),
-            );
-        for (key, value) in config.kafka_client_properties() {
-            client.set(key, value);
-        }
-        for (key, value) in &config.kafka_producer_properties.0 {
-            client.set(key, value);
-        }
+        let client = client(config, &transactional_id, &format!("producer-{partition}"));
         let call_timeout = config.transaction_timeout;
         let producer = init(&client, call_timeout).await?;
         tracing::info!(
@@ -673,6 +656,65 @@ fn failed_for_another(error: &KafkaError) -> bool {
 /// A commit call that ran out of time while the commit goes on.
 fn is_timed_out_commit(error: &KafkaError) -> bool {
     matches!(error, KafkaError::Transaction(e) if e.code() == RDKafkaErrorCode::OperationTimedOut && e.is_retriable())
+}
+
+/// The settings of a transactional producer for `transactional_id`.
+fn client(config: &Config, transactional_id: &str, role: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("transactional.id", transactional_id)
+        .set(
+            "transaction.timeout.ms",
+            config.transaction_timeout.as_millis().to_string(),
+        )
+        .set("linger.ms", "5")
+        .set("client.id", client_id(config, role));
+    for (key, value) in config.kafka_client_properties() {
+        client.set(key, value);
+    }
+    for (key, value) in &config.kafka_producer_properties.0 {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Asks the brokers, before anything is consumed, whether they run transactions for
+/// this client: a transactional producer with an id of its own
+/// (`{prefix}-{topic}-probe-{pod}`, fencing no partition's) is initialised within
+/// `timeout`. `Err` when the brokers refuse for good (no transactions, a
+/// `TRANSACTION_TIMEOUT` above their `transaction.max.timeout.ms`, no ACL for the id);
+/// `Ok` when they accept, and when they do not answer in time (a cluster away at start
+/// is not a bad setting; the partitions' producers then retry).
+pub async fn check_brokers(config: &Config, timeout: Duration) -> Result<(), KafkaError> {
+    let owner = config
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+    let probe = format!("{}-probe-{owner}", config.transactional_id_base());
+    match init(&client(config, &probe, "producer-probe"), timeout).await {
+        Ok(_) => Ok(()),
+        Err(KafkaError::Transaction(error))
+            if error.is_fatal() || refused_for_good(error.code()) =>
+        {
+            Err(KafkaError::Transaction(error))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot tell whether the brokers run transactions; starting anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Answers to initialising a transactional id that no retry changes.
+fn refused_for_good(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnsupportedFeature
+            | RDKafkaErrorCode::UnsupportedVersion
+            | RDKafkaErrorCode::InvalidTransactionTimeout
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+    )
 }
 
 /// Creates a transactional producer and initialises its id.

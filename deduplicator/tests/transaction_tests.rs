@@ -376,6 +376,48 @@ async fn a_message_the_broker_always_refuses_ends_the_abort_loop() {
     }
 }
 
+/// Exactly-once asked of brokers that refuse this client's transactions fails start-up
+/// with one error naming the cause, before anything is consumed, instead of retrying
+/// every partition's producer forever. The real broker refuses for real: a
+/// `TRANSACTION_TIMEOUT` of 16 minutes is above its `transaction.max.timeout.ms` (15).
+#[test]
+fn brokers_that_refuse_transactions_are_named_at_start() {
+    let Some(kafka) = TestKafka::start_real() else {
+        return;
+    };
+    let input = kafka.topic("in", 1);
+    let output = kafka.topic("out", 1);
+    let dir = tempfile::tempdir().unwrap();
+    kafka.produce(
+        &input,
+        &generate(100, 10, 1, 37, "tr")
+            .iter()
+            .map(GenEvent::produced)
+            .collect::<Vec<_>>(),
+    );
+    let spec = DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join("store"))
+        .env("OUTPUT_GUARANTEE", "exactly-once")
+        .env("TRANSACTION_TIMEOUT", "16m");
+    let dedup = spec.spawn(dir.path(), "refused");
+    let log = dedup.log.clone();
+    let status = dedup
+        .wait_for_exit(Duration::from_secs(60))
+        .expect("start-up fails instead of running");
+    assert_eq!(status.code(), Some(1));
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        log.contains("OUTPUT_GUARANTEE=exactly-once, but the Kafka cluster")
+            && log.contains("refuses this client's transactions")
+            && log.contains("TRANSACTION_TIMEOUT (960s"),
+        "{log}"
+    );
+    assert_eq!(
+        kafka.committed_total(&spec.group, &input, 1),
+        0,
+        "nothing consumed"
+    );
+}
+
 /// A second producer of the same partition (its new owner) fences the first: the old
 /// owner's commit fails as fenced, commits nothing, and the new owner's commit counts.
 /// The broker fences the old producer by itself when the new one initialises the id.
