@@ -53,7 +53,7 @@ pub enum RunError {
         timeout: Duration,
         prefix: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("cannot create the store directory {path} (STORE_PATH): {source}")]
     StorePath {
@@ -192,7 +192,7 @@ impl StatefulKafkaConsumer {
                     .transactional_id_prefix
                     .clone()
                     .unwrap_or_else(|| config.kafka_consumer_group.clone()),
-                source,
+                source: Box::new(source),
             })
     }
 
