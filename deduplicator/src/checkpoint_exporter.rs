@@ -7,7 +7,12 @@
 //!
 //! The manifest and the garbage collection happen under the partition's checkpoint lock
 //! and only while the partition is not fenced, so a process that lost a partition never
-//! publishes a checkpoint of it nor deletes what its new owner is uploading.
+//! publishes a checkpoint of it nor deletes what its new owner is uploading. A commit
+//! in progress when the partition is fenced may finish within [`FENCED_COMMIT_GRACE`];
+//! then it is cancelled. A revocation waits [`CHECKPOINT_LOCK_WAIT`], longer than that,
+//! for the lock: it always gets it, and nothing of the old owner's reaches the bucket
+//! after the handover (except a request S3 received more than the grace before and
+//! answers later still).
 //!
 //! A failed upload is counted, logged and tried again at the next interval (with a new
 //! checkpoint); consumption never waits for it.
@@ -272,17 +277,22 @@ async fn upload(
     )
     .await?;
 
-    // Commit only while still the owner; revocation waits for this lock.
-    let _owner = target.checkpoint_lock.lock().await;
-    if *target.fence.borrow() {
-        return Ok(Uploaded::Fenced);
-    }
-    transfer::put_manifest(remote, prefix, &manifest).await?;
     let keep = config.max_remote_checkpoints as usize;
-    let fence = target.fence.clone();
-    let still_owner = move || !*fence.borrow();
-    match transfer::collect_garbage_while(remote, prefix, topic, partition, keep, still_owner).await
+    let gc = match commit_while_owner(
+        remote,
+        prefix,
+        &manifest,
+        keep,
+        &target.checkpoint_lock,
+        &target.fence,
+        FENCED_COMMIT_GRACE,
+    )
+    .await?
     {
+        Committed::Done(gc) => gc,
+        Committed::Fenced => return Ok(Uploaded::Fenced),
+    };
+    match gc {
         Ok(gc) => {
             let metrics = &pipeline.metrics;
             metrics
@@ -303,6 +313,65 @@ async fn upload(
         }
     }
     Ok(Uploaded::Done { manifest, stats })
+}
+
+/// How long a revocation waits for a checkpoint commit in progress (the partition's
+/// checkpoint lock) before it hands the partition over anyway.
+pub const CHECKPOINT_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a checkpoint commit in progress may go on once its partition is fenced
+/// before it is cancelled: shorter than [`CHECKPOINT_LOCK_WAIT`], so that a revocation
+/// always gets the lock, and an owner that lost the partition writes nothing after it.
+pub const FENCED_COMMIT_GRACE: Duration = Duration::from_secs(20);
+
+enum Committed {
+    /// The manifest is published; the garbage collection's result.
+    Done(Result<transfer::GcStats, RemoteError>),
+    /// Fenced before the commit, or cancelled `grace` after the fence.
+    Fenced,
+}
+
+/// Publishes `manifest` and collects the partition's remote garbage, under the
+/// partition's checkpoint lock, while the partition is not fenced; once it is, the
+/// commit may go on for `grace`, then it is cancelled (the request in flight dropped).
+async fn commit_while_owner<R: CheckpointRemote>(
+    remote: &R,
+    prefix: &str,
+    manifest: &CheckpointManifest,
+    keep: usize,
+    lock: &tokio::sync::Mutex<()>,
+    fence: &tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<Committed, RemoteError> {
+    let _owner = lock.lock().await;
+    if *fence.borrow() {
+        return Ok(Committed::Fenced);
+    }
+    let commit = async {
+        transfer::put_manifest(remote, prefix, manifest).await?;
+        let still_owner = {
+            let fence = fence.clone();
+            move || !*fence.borrow()
+        };
+        let (topic, partition) = (&manifest.topic, manifest.partition);
+        Ok(
+            transfer::collect_garbage_while(remote, prefix, topic, partition, keep, still_owner)
+                .await,
+        )
+    };
+    let mut watch = fence.clone();
+    tokio::select! {
+        biased;
+        done = commit => done.map(Committed::Done),
+        () = async {
+            crate::partition_worker::fenced(&mut watch).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(partition = manifest.partition, id = manifest.checkpoint_id, ?grace,
+                "checkpoint commit still running after the partition was given up; cancelled");
+            Ok(Committed::Fenced)
+        }
+    }
 }
 
 fn dir_size(dir: &Path) -> u64 {
@@ -416,5 +485,110 @@ mod tests {
         // Revoked and assigned again: the store may now be another lineage's.
         assert!(cache.for_assignment(3, 2).get(&sst).is_none());
         assert!(cache.for_assignment(3, 2).is_empty());
+    }
+
+    /// A remote whose writes never finish (an S3 that stopped answering mid-request).
+    struct Stalled;
+
+    impl CheckpointRemote for Stalled {
+        async fn put_file(&self, _: &str, _: &Path) -> Result<(), RemoteError> {
+            std::future::pending().await
+        }
+        async fn put_bytes(&self, _: &str, _: Vec<u8>) -> Result<(), RemoteError> {
+            std::future::pending().await
+        }
+        async fn get_file(&self, _: &str, _: &Path) -> Result<bool, RemoteError> {
+            std::future::pending().await
+        }
+        async fn get_bytes(&self, _: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+            std::future::pending().await
+        }
+        async fn list(&self, _: &str) -> Result<Vec<String>, RemoteError> {
+            std::future::pending().await
+        }
+        async fn delete(&self, _: &str) -> Result<(), RemoteError> {
+            std::future::pending().await
+        }
+    }
+
+    fn manifest() -> CheckpointManifest {
+        CheckpointManifest {
+            format_version: dedup_core::checkpoint::manifest::MANIFEST_FORMAT_VERSION,
+            topic: "events".into(),
+            partition: 3,
+            checkpoint_id: "cp-1".into(),
+            created_at_ms: 1,
+            next_offset: Some(10),
+            writer: "dedup-0".into(),
+            kind: UploadKind::Full,
+            files: Vec::new(),
+        }
+    }
+
+    /// A commit stuck in S3 when its partition is revoked gives the lock back within
+    /// the grace, so the revocation (which waits longer) always gets it and the stuck
+    /// request is dropped before the handover: nothing of the old owner's lands after.
+    /// (Scaled down: a grace of 300 ms instead of FENCED_COMMIT_GRACE.)
+    #[tokio::test]
+    async fn a_commit_stuck_at_revocation_is_cancelled_within_the_grace() {
+        const { assert!(FENCED_COMMIT_GRACE.as_secs() + 5 <= CHECKPOINT_LOCK_WAIT.as_secs()) };
+        let grace = Duration::from_millis(300);
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let (fence, fence_rx) = tokio::sync::watch::channel(false);
+        let commit = {
+            let lock = Arc::clone(&lock);
+            tokio::spawn(async move {
+                let manifest = manifest();
+                commit_while_owner(&Stalled, "p", &manifest, 2, &lock, &fence_rx, grace).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(lock.try_lock().is_err(), "the commit holds the lock");
+        let revoked_at = Instant::now();
+        fence.send_replace(true);
+        let waited = tokio::time::timeout(Duration::from_secs(5), lock.lock()).await;
+        assert!(waited.is_ok(), "the revocation gets the lock");
+        drop(waited);
+        let held = revoked_at.elapsed();
+        assert!(
+            held >= grace && held < grace + Duration::from_millis(500),
+            "held {held:?} after the fence"
+        );
+        assert!(matches!(commit.await, Ok(Ok(Committed::Fenced))));
+    }
+
+    #[tokio::test]
+    async fn a_commit_of_a_fenced_partition_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dedup_core::checkpoint::remote::LocalDirRemote::new(dir.path());
+        let lock = tokio::sync::Mutex::new(());
+        let (fence, fence_rx) = tokio::sync::watch::channel(false);
+        let committed = commit_while_owner(
+            &remote,
+            "p",
+            &manifest(),
+            2,
+            &lock,
+            &fence_rx,
+            FENCED_COMMIT_GRACE,
+        )
+        .await;
+        assert!(matches!(committed, Ok(Committed::Done(Ok(_)))));
+        assert_eq!(remote.list("p/").await.unwrap().len(), 1, "the manifest");
+        fence.send_replace(true);
+        let mut second = manifest();
+        second.checkpoint_id = "cp-2".into();
+        let committed = commit_while_owner(
+            &remote,
+            "p",
+            &second,
+            2,
+            &lock,
+            &fence_rx,
+            FENCED_COMMIT_GRACE,
+        )
+        .await;
+        assert!(matches!(committed, Ok(Committed::Fenced)));
+        assert_eq!(remote.list("p/").await.unwrap().len(), 1, "nothing more");
     }
 }

@@ -50,6 +50,9 @@ pub struct PartitionWorker {
     /// Exactly-once: the partition's output transactions. Offsets then commit with them,
     /// never through the consumer.
     pub transactions: Option<TransactionalPublisher>,
+    /// A finished offset not yet in the store: written with the next batch (no write of
+    /// its own on the hot path), or when the worker ends.
+    pub finished: Option<i64>,
 }
 
 impl PartitionWorker {
@@ -125,6 +128,7 @@ impl PartitionWorker {
             let give_up_at =
                 std::time::Instant::now() + self.pipeline.config.rebalance_drain_timeout;
             self.commit_transaction(Some(give_up_at)).await;
+            self.write_finished();
             return WorkerExit { committable: None };
         }
 
@@ -147,6 +151,7 @@ impl PartitionWorker {
             }
         }
         self.store_committable(&mut stored);
+        self.write_finished();
         WorkerExit {
             committable: self.tracker.committable(),
         }
@@ -189,7 +194,8 @@ impl PartitionWorker {
 
     /// Fenced by a newer owner of the partition's transactional id: take nothing more,
     /// commit nothing; the rebalance that follows revokes the partition.
-    fn fenced_out(&self) -> WorkerExit {
+    fn fenced_out(&mut self) -> WorkerExit {
+        self.write_finished();
         self.tracker.fence();
         self.pipeline
             .health
@@ -216,7 +222,8 @@ impl PartitionWorker {
         batch: Vec<(Reservation, OwnedMessage)>,
         deliveries: &mut JoinSet<()>,
     ) {
-        let metrics = &self.pipeline.metrics;
+        let pipeline = Arc::clone(&self.pipeline);
+        let metrics = &pipeline.metrics;
         metrics.messages_in.inc_by(batch.len() as u64);
         let Some(last_offset) = batch.last().map(|(_, m)| m.offset()) else {
             return;
@@ -243,7 +250,7 @@ impl PartitionWorker {
             .zip(&messages)
             .filter_map(|(key, (_, message))| key.as_ref().ok().map(|k| (*k, message.offset())))
             .collect();
-        let Some(outcomes) = self.check_and_insert(&keyed, last_offset + 1).await else {
+        let Some(outcomes) = self.check_and_insert(keyed, last_offset + 1).await else {
             return; // fenced while the store was failing: the messages are abandoned
         };
         let consumed = messages.len();
@@ -368,34 +375,60 @@ impl PartitionWorker {
     }
 
     /// The store call, retried with backoff while it fails (a full disk, say): nothing
-    /// is published or committed meanwhile. `None` if the partition is fenced first.
+    /// is published or committed meanwhile. `None` if the partition is fenced first. It
+    /// runs on a blocking thread, off the async workers (RocksDB reads and writes, and
+    /// a checkpoint's flush that holds the store's write lock, can take milliseconds);
+    /// it carries the pending finished offset into the same write.
     async fn check_and_insert(
-        &self,
-        keyed: &[(dedup_core::StoredKey, i64)],
+        &mut self,
+        keyed: Vec<(dedup_core::StoredKey, i64)>,
         next: i64,
     ) -> Option<Vec<Outcome>> {
         let mut failures = 0u32;
+        let mut keyed = keyed;
         loop {
-            match self.store.check_and_insert(keyed, next) {
-                Ok(outcomes) => {
+            let store = Arc::clone(&self.store);
+            let finished = self.finished;
+            let call = tokio::task::spawn_blocking(move || {
+                let result = store.check_and_insert_finishing(&keyed, next, finished);
+                (keyed, result)
+            })
+            .await;
+            let error: dedup_core::StoreError = match call {
+                Ok((_, Ok(outcomes))) => {
                     if failures > 0 {
                         tracing::info!(partition = self.partition, "partition store recovered");
                         self.pipeline.store_recovered(self.partition);
                     }
+                    if self.finished == finished {
+                        self.finished = None;
+                    }
                     return Some(outcomes);
                 }
-                Err(error) => {
-                    failures += 1;
-                    self.pipeline.metrics.store_errors.inc();
-                    tracing::error!(partition = self.partition, %error, failures, "partition store write failed; retrying");
-                    self.pipeline.store_failed(self.partition, &error);
-                    let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
-                    let mut fence = self.fence.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = fenced(&mut fence) => return None,
-                    }
+                Ok((returned, Err(error))) => {
+                    keyed = returned;
+                    error
                 }
+                // The blocking pool refused or the call panicked: the batch is not
+                // decided, and nothing of it is published or committed.
+                Err(error) => {
+                    tracing::error!(partition = self.partition, %error, "partition store call failed; its messages are abandoned to a restart");
+                    self.pipeline.health.set_not_live(format!(
+                        "partition {}: store call failed: {error}",
+                        self.partition
+                    ));
+                    return None;
+                }
+            };
+            failures += 1;
+            self.pipeline.metrics.store_errors.inc();
+            tracing::error!(partition = self.partition, %error, failures, "partition store write failed; retrying");
+            self.pipeline.store_failed(self.partition, &error);
+            let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
+            let mut fence = self.fence.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = fenced(&mut fence) => return None,
             }
         }
     }
@@ -403,14 +436,24 @@ impl PartitionWorker {
     /// Tells the store that every message below `next` is finished, so that a restart
     /// without a committed offset (a new group, expired offsets) resumes there and not
     /// at the store's next offset, below which messages may not have been published.
-    fn record_finished(&self, next: i64) {
+    /// Held until the next batch's write (or the worker's end): the store's finished
+    /// offset may lag one batch behind, which resumes earlier, never later.
+    fn record_finished(&mut self, next: i64) {
+        self.finished = Some(next);
+    }
+
+    /// Writes a finished offset still held (the worker ends).
+    fn write_finished(&mut self) {
+        let Some(next) = self.finished.take() else {
+            return;
+        };
         if let Err(error) = self.store.record_finished_offset(next) {
             self.pipeline.metrics.store_errors.inc();
             tracing::warn!(partition = self.partition, %error, "cannot record the finished offset in the store");
         }
     }
 
-    fn store_committable(&self, stored: &mut Option<i64>) {
+    fn store_committable(&mut self, stored: &mut Option<i64>) {
         if self.transactions.is_some() {
             return; // offsets commit inside the transactions
         }

@@ -3,7 +3,9 @@
 //! Revocation: fence the partition (its worker takes no new message), let in-flight
 //! messages drain (bounded by `REBALANCE_DRAIN_TIMEOUT`), commit its final offset
 //! synchronously, flush and close its store. Only then is the partition given up, so
-//! the next owner starts exactly where this one stopped.
+//! the next owner starts exactly where this one stopped. The callback is bounded for
+//! all its partitions together, whatever their number: `CHECKPOINT_LOCK_WAIT` (30 s) +
+//! `REBALANCE_DRAIN_TIMEOUT` + 5 s + the commit + `STORE_CLOSE_WAIT` (60 s) at most.
 //!
 //! Assignment: open the partition's store, compare the offset it is consistent with
 //! against the group's committed offset, and when the store is behind, start consuming
@@ -37,6 +39,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::checkpoint_exporter::CHECKPOINT_LOCK_WAIT;
 use crate::message_tracker::PartitionTracker;
 use crate::metrics::{KindLabels, PartitionLabels};
 use crate::partition_restore::{
@@ -48,6 +51,11 @@ use crate::transactional_publisher::TransactionalPublisher;
 
 pub type DedupConsumer = rdkafka::consumer::StreamConsumer<DedupContext>;
 pub type PartitionQueue = StreamPartitionQueue<DedupContext>;
+
+/// How long a revocation waits, for all its partitions together, for the retention
+/// task or a checkpoint to let go of the stores it closes (RocksDB allows one open
+/// instance per directory, so the partition could not come back while one is held).
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(60);
 
 /// How long to wait for the group coordinator's committed offsets on assignment.
 const COMMITTED_OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -474,6 +482,7 @@ impl RebalanceHandler {
                 catch_up_until,
                 fence: fence_rx,
                 transactions,
+                finished: None,
             }
             .run(stray_rx)
             .await
@@ -520,28 +529,33 @@ impl RebalanceHandler {
             handle.tracker.fence();
             let _ = handle.fence.send(true);
         }
-        // A checkpoint commit in progress finishes first; any later one sees the fence.
+        // A checkpoint commit in progress finishes (or is cancelled, within
+        // FENCED_COMMIT_GRACE) first; any later one sees the fence. One deadline for all.
+        let locks_by = tokio::time::Instant::now() + CHECKPOINT_LOCK_WAIT;
         for (partition, handle) in &handles {
             let lock = Arc::clone(&handle.checkpoint_lock);
-            let waited = self.block_on(async {
-                tokio::time::timeout(Duration::from_secs(30), lock.lock_owned()).await
-            });
+            let waited =
+                self.block_on(async { tokio::time::timeout_at(locks_by, lock.lock_owned()).await });
             if waited.is_err() {
                 tracing::error!(
                     partition,
-                    "a checkpoint upload held the partition for 30 s after its revocation"
+                    ?CHECKPOINT_LOCK_WAIT,
+                    "a checkpoint upload still held the partition after its revocation"
                 );
             }
         }
-        // Workers stop within the drain timeout; allow for the final store call too.
-        let bound = self.pipeline.config.rebalance_drain_timeout + Duration::from_secs(5);
+        // Workers stop within the drain timeout; allow for the final store call too. One
+        // deadline for all the revoked partitions, not one each: the callback is bounded.
+        let stopped_by = tokio::time::Instant::now()
+            + self.pipeline.config.rebalance_drain_timeout
+            + Duration::from_secs(5);
         let topic = self.pipeline.config.kafka_consumer_topic.clone();
         let mut offsets = TopicPartitionList::new();
         let mut stores = Vec::new();
         for (partition, handle) in handles {
             let abort = handle.task.abort_handle();
             let exit = self.block_on(async {
-                match tokio::time::timeout(bound, handle.task).await {
+                match tokio::time::timeout_at(stopped_by, handle.task).await {
                     Ok(Ok(exit)) => Some(exit),
                     Ok(Err(error)) => {
                         tracing::error!(partition, %error, "partition worker failed");
@@ -575,8 +589,9 @@ impl RebalanceHandler {
                 tracing::warn!(%error, "committing revoked partitions failed; their next owner will see redeliveries");
             }
         }
+        let closed_by = std::time::Instant::now() + STORE_CLOSE_WAIT;
         for (partition, store) in stores {
-            self.close_store(partition, store);
+            self.close_store(partition, store, closed_by);
         }
         self.pipeline
             .metrics
@@ -589,7 +604,12 @@ impl RebalanceHandler {
         self.revoke(consumer, self.owned());
     }
 
-    fn close_store(&self, partition: i32, store: Arc<PartitionStore>) {
+    fn close_store(
+        &self,
+        partition: i32,
+        store: Arc<PartitionStore>,
+        deadline: std::time::Instant,
+    ) {
         let metrics = &self.pipeline.metrics;
         metrics
             .store_size_bytes
@@ -604,7 +624,7 @@ impl RebalanceHandler {
         // The retention task may hold the store for a moment; RocksDB allows one open
         // instance per directory, so wait for it before the partition can come back.
         let mut store = store;
-        for _ in 0..600 {
+        loop {
             match Arc::try_unwrap(store) {
                 Ok(owned) => {
                     if let Err(error) = owned.close() {
@@ -613,13 +633,18 @@ impl RebalanceHandler {
                     tracing::info!(partition, "partition revoked; store closed");
                     return;
                 }
-                Err(shared) => {
+                Err(shared) if std::time::Instant::now() < deadline => {
                     store = shared;
                     std::thread::sleep(Duration::from_millis(100));
                 }
+                Err(_) => break,
             }
         }
-        tracing::error!(partition, "store still in use 60 s after revocation");
+        tracing::error!(
+            partition,
+            ?STORE_CLOSE_WAIT,
+            "store still in use after the revocation; it closes when its last user lets go"
+        );
     }
 
     fn count(&self, kind: &'static str) {

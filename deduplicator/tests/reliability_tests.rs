@@ -737,17 +737,28 @@ fn a_full_disk_is_reported_commits_nothing_unprocessed_and_recovers() {
         )
         .env("RETENTION_INTERVAL", "1s")
         .env("DEDUP_WINDOW", "0");
-    let events = generate(40_000, 0, PARTITIONS, 71, "f1");
+    let events = generate(50_000, 0, PARTITIONS, 71, "f1");
+    let (first, second) = events.split_at(40_000);
     let mut dedup = spec.spawn(dir.path(), "dedup");
     kafka.produce(
         &input,
-        &events.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+        &first.iter().map(GenEvent::produced).collect::<Vec<_>>(),
     );
     let http = dedup.http;
     dedup.wait_until("the full disk is reported", WAIT, |d| {
         d.metric("dedup_store_errors_total") >= 1.0
             && matches!(http_get(http, "/healthz"), Some((code, _)) if code != 200)
     });
+    // More events once the store cannot flush: their writes fail (RocksDB refuses
+    // writes after a failed flush), however fast the first ones were consumed.
+    kafka.produce(
+        &input,
+        &second.iter().map(GenEvent::produced).collect::<Vec<_>>(),
+    );
+    dedup.wait_until("the writes fail", WAIT, |d| {
+        d.metric("dedup_messages_in_total") > first.len() as f64
+    });
+    std::thread::sleep(Duration::from_secs(1));
     // Every committed offset is of a processed message: keys the store could not flush
     // are in its memtable, and after a crash the catch-up replay rebuilds them.
     let committed = dedup.metric("dedup_committed_offset");

@@ -135,6 +135,18 @@ impl PartitionStore {
         batch: &[(StoredKey, i64)],
         next_offset: i64,
     ) -> Result<Vec<Outcome>, StoreError> {
+        self.check_and_insert_finishing(batch, next_offset, None)
+    }
+
+    /// [`check_and_insert`](Self::check_and_insert), also recording `finished` (see
+    /// [`record_finished_offset`](Self::record_finished_offset)) in the same write, so
+    /// that a moving finished offset costs no write of its own.
+    pub fn check_and_insert_finishing(
+        &self,
+        batch: &[(StoredKey, i64)],
+        next_offset: i64,
+        finished: Option<i64>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         // Slot of each message's key among the batch's distinct keys, and the position of
         // each distinct key's first occurrence.
         let mut slot_of_key: HashMap<StoredKey, usize, BuildHasherDefault<KeyHasher>> =
@@ -196,6 +208,9 @@ impl PartitionStore {
         }
         let meta_cf = self.cf(META_CF)?;
         write.put_cf(meta_cf, NEXT_OFFSET, next_offset.to_be_bytes());
+        if let Some(finished) = finished {
+            write.put_cf(meta_cf, FINISHED_OFFSET, finished.to_be_bytes());
+        }
         self.db
             .write_opt(write, &self.write_opts)
             .map_err(|source| self.rocks_err(source))?;

@@ -370,6 +370,26 @@ fn the_finished_offset_is_kept_apart_from_the_next_offset() {
 }
 
 #[test]
+fn the_finished_offset_rides_with_a_batch() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = open(&dir, &unlimited());
+        store
+            .check_and_insert_finishing(&[(key(1, "a"), 0)], 1, None)
+            .unwrap();
+        assert_eq!(store.finished_offset().unwrap(), None);
+        let outcomes = store
+            .check_and_insert_finishing(&[(key(1, "a"), 1), (key(1, "b"), 2)], 3, Some(1))
+            .unwrap();
+        assert_eq!(outcomes[1], Outcome::Unique);
+        store.close().unwrap();
+    }
+    let store = open(&dir, &unlimited());
+    assert_eq!(store.next_offset().unwrap(), Some(3));
+    assert_eq!(store.finished_offset().unwrap(), Some(1));
+}
+
+#[test]
 fn a_forgotten_key_is_new_again_but_only_for_its_own_offset() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir, &unlimited());
