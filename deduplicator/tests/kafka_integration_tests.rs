@@ -795,13 +795,7 @@ fn a_missing_output_or_dead_letter_topic_is_named_at_start() {
         if !missing_output {
             spec.dead_letter = Some(missing.clone());
         }
-        let dedup = spec.spawn(dir.path(), setting);
-        let log = dedup.log.clone();
-        let status = dedup
-            .wait_for_exit(Duration::from_secs(60))
-            .expect("start-up fails instead of running");
-        assert_eq!(status.code(), Some(1));
-        let log = std::fs::read_to_string(log).unwrap_or_default();
+        let log = spec.spawn(dir.path(), setting).expect_start_failure();
         assert!(
             log.contains(&format!(
                 "{setting} names topic `{missing}`, which does not exist"

@@ -53,6 +53,29 @@ fn group_consumer(kafka: &TestKafka, config: &Config) -> BaseConsumer {
         .expect("consumer")
 }
 
+/// Fresh one-partition input and output topics (the output with `output_settings`), an
+/// exactly-once configuration for them, and a consumer of its group (whose metadata the
+/// transactions' offsets carry).
+fn one_partition(
+    kafka: &TestKafka,
+    output_settings: &[(&str, &str)],
+) -> (String, String, Config, BaseConsumer) {
+    let input = kafka.topic("txin", 1);
+    let output = kafka.topic_with_config("txout", 1, output_settings);
+    let config = exactly_once_config(kafka, &input, &output);
+    let consumer = group_consumer(kafka, &config);
+    (input, output, config, consumer)
+}
+
+/// Partition 0's transactional publisher, counting into fresh metrics.
+async fn publisher(config: &Config) -> (TransactionalPublisher, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+    let transactions = TransactionalPublisher::start(config, 0, Arc::clone(&metrics))
+        .await
+        .expect("transactional producer");
+    (transactions, metrics)
+}
+
 fn message(topic: &str, offset: i64, body: &str) -> OwnedMessage {
     OwnedMessage::new(
         Some(body.as_bytes().to_vec()),
@@ -63,6 +86,20 @@ fn message(topic: &str, offset: i64, body: &str) -> OwnedMessage {
         offset,
         None,
     )
+}
+
+/// The payloads of every message in `topic` (one partition), sorted: once `expected`
+/// arrived and nothing more for 2 s.
+fn sorted_bodies(kafka: &TestKafka, topic: &str, expected: usize) -> Vec<String> {
+    let mut bodies: Vec<String> = kafka
+        .read_all(topic, 1, expected, Duration::from_secs(2))
+        .iter()
+        .map(|m| {
+            String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default()).into_owned()
+        })
+        .collect();
+    bodies.sort();
+    bodies
 }
 
 fn count(metrics: &Metrics, result: &'static str) -> u64 {
@@ -93,14 +130,8 @@ async fn an_aborted_transaction_publishes_its_messages_again() {
     let Some(kafka) = TestKafka::start_real() else {
         return;
     };
-    let input = kafka.topic("txin", 1);
-    let output = kafka.topic_with_config("txout", 1, &[("max.message.bytes", "1000")]);
-    let config = exactly_once_config(&kafka, &input, &output);
-    let metrics = Arc::new(Metrics::new(&mut Registry::default()));
-    let consumer = group_consumer(&kafka, &config);
-    let mut transactions = TransactionalPublisher::start(&config, 0, Arc::clone(&metrics))
-        .await
-        .expect("transactional producer");
+    let (input, output, config, consumer) = one_partition(&kafka, &[("max.message.bytes", "1000")]);
+    let (mut transactions, metrics) = publisher(&config).await;
     assert_eq!(
         transactions.transactional_id(),
         format!("group-{input}-{input}-0")
@@ -143,14 +174,7 @@ async fn an_aborted_transaction_publishes_its_messages_again() {
         "the consumed offsets are stored by the transaction"
     );
     assert_eq!(metrics.published.get(), 3);
-    let published = kafka.read_all(&output, 1, 3, Duration::from_secs(2));
-    let mut bodies: Vec<String> = published
-        .iter()
-        .map(|m| {
-            String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default()).into_owned()
-        })
-        .collect();
-    bodies.sort();
+    let bodies = sorted_bodies(&kafka, &output, 3);
     assert_eq!(
         bodies,
         [body(0), body(1), body(2)],
@@ -168,14 +192,8 @@ async fn a_commit_that_outlasts_its_call_is_resumed() {
     let Some(kafka) = TestKafka::start_real() else {
         return;
     };
-    let input = kafka.topic("txin", 1);
-    let output = kafka.topic("txout", 1);
-    let config = exactly_once_config(&kafka, &input, &output);
-    let metrics = Arc::new(Metrics::new(&mut Registry::default()));
-    let consumer = group_consumer(&kafka, &config);
-    let mut transactions = TransactionalPublisher::start(&config, 0, Arc::clone(&metrics))
-        .await
-        .expect("transactional producer");
+    let (input, output, config, consumer) = one_partition(&kafka, &[]);
+    let (mut transactions, metrics) = publisher(&config).await;
     transactions.set_commit_call_timeout(Duration::ZERO);
     for round in 0..3i64 {
         for offset in round * 3..round * 3 + 3 {
@@ -203,14 +221,7 @@ async fn a_commit_that_outlasts_its_call_is_resumed() {
         "a resumed commit aborts nothing"
     );
     assert_eq!(committed_offset(&consumer, &input), Some(9));
-    let published = kafka.read_all(&output, 1, 9, Duration::from_secs(2));
-    let mut bodies: Vec<String> = published
-        .iter()
-        .map(|m| {
-            String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default()).into_owned()
-        })
-        .collect();
-    bodies.sort();
+    let bodies = sorted_bodies(&kafka, &output, 9);
     assert_eq!(
         bodies,
         (0..9).map(|o| format!("event {o}")).collect::<Vec<_>>(),
@@ -228,19 +239,13 @@ async fn a_transaction_aborted_by_the_coordinator_timeout_is_not_fencing() {
     let Some(kafka) = TestKafka::start_real() else {
         return;
     };
-    let input = kafka.topic("txin", 1);
-    let output = kafka.topic("txout", 1);
-    let mut config = exactly_once_config(&kafka, &input, &output);
+    let (input, output, mut config, consumer) = one_partition(&kafka, &[]);
     config.transaction_timeout = Duration::from_secs(2);
-    let metrics = Arc::new(Metrics::new(&mut Registry::default()));
-    let consumer = group_consumer(&kafka, &config);
     // The partition is this member's (as it would be in the group).
     let mut assigned = TopicPartitionList::new();
     assigned.add_partition(&input, 0);
     consumer.assign(&assigned).expect("assign");
-    let mut transactions = TransactionalPublisher::start(&config, 0, Arc::clone(&metrics))
-        .await
-        .expect("transactional producer");
+    let (mut transactions, metrics) = publisher(&config).await;
     for offset in 0..3 {
         transactions
             .publish(
@@ -271,14 +276,7 @@ async fn a_transaction_aborted_by_the_coordinator_timeout_is_not_fencing() {
     assert!(count(&metrics, "reinitialised") >= 1);
     assert_eq!(count(&metrics, "committed"), 1);
     assert_eq!(committed_offset(&consumer, &input), Some(3));
-    let published = kafka.read_all(&output, 1, 3, Duration::from_secs(2));
-    let mut bodies: Vec<String> = published
-        .iter()
-        .map(|m| {
-            String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default()).into_owned()
-        })
-        .collect();
-    bodies.sort();
+    let bodies = sorted_bodies(&kafka, &output, 3);
     assert_eq!(
         bodies,
         ["event 0", "event 1", "event 2"],
@@ -297,19 +295,14 @@ async fn a_message_the_broker_always_refuses_ends_the_abort_loop() {
         return;
     };
     for with_dead_letter in [true, false] {
-        let input = kafka.topic("txin", 1);
-        let output = kafka.topic_with_config("txout", 1, &[("cleanup.policy", "compact")]);
+        let (input, output, mut config, consumer) =
+            one_partition(&kafka, &[("cleanup.policy", "compact")]);
         let dead_letter = kafka.topic("txdlq", 1);
-        let mut config = exactly_once_config(&kafka, &input, &output);
         config.publish_max_attempts = 3;
         if with_dead_letter {
             config.dead_letter_topic = Some(dead_letter.clone());
         }
-        let metrics = Arc::new(Metrics::new(&mut Registry::default()));
-        let consumer = group_consumer(&kafka, &config);
-        let mut transactions = TransactionalPublisher::start(&config, 0, Arc::clone(&metrics))
-            .await
-            .expect("transactional producer");
+        let (mut transactions, metrics) = publisher(&config).await;
         let keyless = OwnedMessage::new(
             Some(b"event without a key".to_vec()),
             None,
@@ -346,19 +339,11 @@ async fn a_message_the_broker_always_refuses_ends_the_abort_loop() {
             (3..=9).contains(&aborted),
             "{aborted} aborts for PUBLISH_MAX_ATTEMPTS=3"
         );
-        let bodies = |topic: &str, expected: usize| -> Vec<String> {
-            let mut bodies: Vec<String> = kafka
-                .read_all(topic, 1, expected, Duration::from_secs(2))
-                .iter()
-                .map(|m| {
-                    String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default())
-                        .into_owned()
-                })
-                .collect();
-            bodies.sort();
-            bodies
-        };
-        assert_eq!(bodies(&output, 2), ["event 0", "event 2"], "each once");
+        assert_eq!(
+            sorted_bodies(&kafka, &output, 2),
+            ["event 0", "event 2"],
+            "each once"
+        );
         let skipped = metrics
             .publish_skipped
             .get_or_create(&deduplicator::metrics::ReasonLabels {
@@ -366,7 +351,10 @@ async fn a_message_the_broker_always_refuses_ends_the_abort_loop() {
             })
             .get();
         if with_dead_letter {
-            assert_eq!(bodies(&dead_letter, 1), ["event without a key"]);
+            assert_eq!(
+                sorted_bodies(&kafka, &dead_letter, 1),
+                ["event without a key"]
+            );
             assert_eq!(metrics.dead_lettered.get(), 1);
             assert_eq!(skipped, 0);
         } else {
@@ -398,13 +386,7 @@ fn brokers_that_refuse_transactions_are_named_at_start() {
     let spec = DedupSpec::new(&kafka, &input, Some(&output), &dir.path().join("store"))
         .env("OUTPUT_GUARANTEE", "exactly-once")
         .env("TRANSACTION_TIMEOUT", "16m");
-    let dedup = spec.spawn(dir.path(), "refused");
-    let log = dedup.log.clone();
-    let status = dedup
-        .wait_for_exit(Duration::from_secs(60))
-        .expect("start-up fails instead of running");
-    assert_eq!(status.code(), Some(1));
-    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let log = spec.spawn(dir.path(), "refused").expect_start_failure();
     assert!(
         log.contains("OUTPUT_GUARANTEE=exactly-once, but the Kafka cluster")
             && log.contains("refuses this client's transactions")
@@ -426,14 +408,8 @@ async fn a_new_owner_of_the_partition_fences_the_old_one() {
     let Some(kafka) = TestKafka::start_real() else {
         return;
     };
-    let input = kafka.topic("txin", 1);
-    let output = kafka.topic("txout", 1);
-    let config = exactly_once_config(&kafka, &input, &output);
-    let consumer = group_consumer(&kafka, &config);
-    let old_metrics = Arc::new(Metrics::new(&mut Registry::default()));
-    let mut old = TransactionalPublisher::start(&config, 0, Arc::clone(&old_metrics))
-        .await
-        .expect("old owner");
+    let (input, output, config, consumer) = one_partition(&kafka, &[]);
+    let (mut old, old_metrics) = publisher(&config).await;
     old.publish(
         message(&input, 0, "from the old owner"),
         Target::Output,
@@ -442,10 +418,7 @@ async fn a_new_owner_of_the_partition_fences_the_old_one() {
     .await;
     old.consumed(1, 1);
 
-    let new_metrics = Arc::new(Metrics::new(&mut Registry::default()));
-    let mut new = TransactionalPublisher::start(&config, 0, Arc::clone(&new_metrics))
-        .await
-        .expect("new owner");
+    let (mut new, new_metrics) = publisher(&config).await;
     let fenced = old
         .commit(&consumer, Some(Instant::now() + Duration::from_secs(30)))
         .await;
@@ -469,15 +442,7 @@ async fn a_new_owner_of_the_partition_fences_the_old_one() {
         .expect("the new owner commits");
     assert_eq!(count(&new_metrics, "committed"), 1);
     {
-        let published = kafka.read_all(&output, 1, 1, Duration::from_secs(2));
-        let bodies: Vec<_> = published
-            .iter()
-            .map(|m| {
-                String::from_utf8_lossy(rdkafka::Message::payload(m).unwrap_or_default())
-                    .into_owned()
-            })
-            .collect();
-        assert_eq!(bodies, ["from the new owner"]);
+        assert_eq!(sorted_bodies(&kafka, &output, 1), ["from the new owner"]);
         assert_eq!(committed_offset(&consumer, &input), Some(1));
     }
 }

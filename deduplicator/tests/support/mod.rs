@@ -649,6 +649,17 @@ impl Dedup {
     }
 
     /// `kill -9`.
+    /// Waits (up to 60 s) for start-up to fail with status 1, as a bad setting found
+    /// against the cluster does; returns the process's log.
+    pub fn expect_start_failure(self) -> String {
+        let log = self.log.clone();
+        let status = self
+            .wait_for_exit(Duration::from_secs(60))
+            .expect("start-up fails instead of running");
+        assert_eq!(status.code(), Some(1));
+        std::fs::read_to_string(log).unwrap_or_default()
+    }
+
     pub fn kill9(mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
