@@ -5,7 +5,8 @@
 //! synchronously, flush and close its store. Only then is the partition given up, so
 //! the next owner starts exactly where this one stopped. The callback is bounded for
 //! all its partitions together, whatever their number: `CHECKPOINT_LOCK_WAIT` (30 s) +
-//! `REBALANCE_DRAIN_TIMEOUT` + 5 s + the commit + `STORE_CLOSE_WAIT` (60 s) at most.
+//! `REBALANCE_DRAIN_TIMEOUT` + `FINAL_STORE_CALL_ALLOWANCE` (5 s) + the commit +
+//! `STORE_CLOSE_WAIT` (60 s) at most.
 //!
 //! Assignment: open the partition's store, compare the offset it is consistent with
 //! against the group's committed offset, and when the store is behind, start consuming
@@ -56,6 +57,14 @@ pub type PartitionQueue = StreamPartitionQueue<DedupContext>;
 /// task or a checkpoint to let go of the stores it closes (RocksDB allows one open
 /// instance per directory, so the partition could not come back while one is held).
 const STORE_CLOSE_WAIT: Duration = Duration::from_secs(60);
+
+/// Beyond `REBALANCE_DRAIN_TIMEOUT`, the time a revoked worker gets for its last store
+/// call before it is cancelled.
+const FINAL_STORE_CALL_ALLOWANCE: Duration = Duration::from_secs(5);
+
+/// A partition's transactional producer that cannot be initialised is tried again after
+/// this times the failures so far (at most 20 times it: 10 s).
+const TRANSACTIONS_RETRY_STEP: Duration = Duration::from_millis(500);
 
 /// How long to wait for the group coordinator's committed offsets on assignment.
 const COMMITTED_OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -548,7 +557,7 @@ impl RebalanceHandler {
         // deadline for all the revoked partitions, not one each: the callback is bounded.
         let stopped_by = tokio::time::Instant::now()
             + self.pipeline.config.rebalance_drain_timeout
-            + Duration::from_secs(5);
+            + FINAL_STORE_CALL_ALLOWANCE;
         let topic = self.pipeline.config.kafka_consumer_topic.clone();
         let mut offsets = TopicPartitionList::new();
         let mut stores = Vec::new();
@@ -702,7 +711,7 @@ async fn start_transactions(
                 failures += 1;
                 pipeline.metrics.kafka_errors.inc();
                 tracing::error!(partition, %error, failures, "cannot initialise the partition's transactional producer; retrying");
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(failures.min(20)))).await;
+                tokio::time::sleep(TRANSACTIONS_RETRY_STEP * failures.min(20)).await;
             }
         }
     }

@@ -47,6 +47,9 @@ use crate::publisher::{
     backoff, client_id, forget_dead_lettered, is_permanent, report_skipped, send, Target,
 };
 
+/// The pause before a commit whose call timed out is resumed.
+const RESUME_PAUSE: Duration = Duration::from_millis(50);
+
 /// How often one commit may initialise the producer again after being fenced while the
 /// partition is still assigned here, before it takes the fencing as final; and how many
 /// fatal errors in a row, each with a new producer, it takes before it gives up.
@@ -371,8 +374,12 @@ impl TransactionalPublisher {
                 return Err(TransactionError::Deadline(error));
             }
             if is_timed_out_commit(&error) {
-                // Resumed at once: the broker is working on it.
+                // Resumed soon: the broker is working on it. Not at once: librdkafka
+                // aborts the process ("Invalid transaction state transition") when a
+                // resumed call lands before the timed-out call's operation has started
+                // on its main thread (seen with calls given no time at all).
                 crate::metrics::Metrics::count(&self.metrics.transactions, "resumed");
+                tokio::time::sleep(RESUME_PAUSE).await;
             } else {
                 tokio::time::sleep(backoff(failures.min(6))).await;
             }

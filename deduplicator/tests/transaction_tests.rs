@@ -195,38 +195,41 @@ async fn a_commit_that_outlasts_its_call_is_resumed() {
     let (input, output, config, consumer) = one_partition(&kafka, &[]);
     let (mut transactions, metrics) = publisher(&config).await;
     transactions.set_commit_call_timeout(Duration::ZERO);
-    for round in 0..3i64 {
-        for offset in round * 3..round * 3 + 3 {
+    // Until a commit has outlasted its first call (most do; at times the broker is
+    // quicker than the call returns), at most 10 transactions of 3 messages.
+    let mut rounds = 0i64;
+    while rounds < 10 && (rounds == 0 || count(&metrics, "resumed") == 0) {
+        for offset in rounds * 3..rounds * 3 + 3 {
             let body = format!("event {offset}");
             transactions
                 .publish(message(&input, offset, &body), Target::Output, None)
                 .await;
         }
-        transactions.consumed(round * 3 + 3, 3);
+        transactions.consumed(rounds * 3 + 3, 3);
         // Delivered first, so that what runs out is the commit itself, not its flush.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let committed = transactions
             .commit(&consumer, Some(Instant::now() + Duration::from_secs(30)))
             .await;
-        assert!(committed.is_ok(), "round {round}: {committed:?}");
+        assert!(committed.is_ok(), "round {rounds}: {committed:?}");
+        rounds += 1;
     }
-    assert_eq!(count(&metrics, "committed"), 3);
     assert!(
-        count(&metrics, "resumed") >= 3,
-        "every commit outlasted its first call"
+        count(&metrics, "resumed") >= 1,
+        "a commit outlasted its call"
     );
+    assert_eq!(count(&metrics, "committed"), rounds as u64);
     assert_eq!(
         count(&metrics, "aborted"),
         0,
         "a resumed commit aborts nothing"
     );
-    assert_eq!(committed_offset(&consumer, &input), Some(9));
-    let bodies = sorted_bodies(&kafka, &output, 9);
-    assert_eq!(
-        bodies,
-        (0..9).map(|o| format!("event {o}")).collect::<Vec<_>>(),
-        "each message once"
-    );
+    let next = rounds * 3;
+    assert_eq!(committed_offset(&consumer, &input), Some(next));
+    let bodies = sorted_bodies(&kafka, &output, next as usize);
+    let mut expected: Vec<String> = (0..next).map(|o| format!("event {o}")).collect();
+    expected.sort();
+    assert_eq!(bodies, expected, "each message once");
 }
 
 /// A transaction left open longer than `TRANSACTION_TIMEOUT` (a stalled output, a long

@@ -106,7 +106,7 @@ impl Context {
     pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
+            instance: std::env::var(dedup_core::config::env::POD_NAME).ok(),
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use dedup_core::config::env;
 use dedup_core::http::{self, parse_bind_address, Health};
 use dedup_core::telemetry::{self, LogFormat};
 use operator::leader::Leadership;
@@ -29,7 +30,7 @@ enum Command {
 #[derive(Parser, Clone)]
 struct RunArgs {
     /// Address of the HTTP port serving /metrics, /healthz and /readyz.
-    #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0:8080", value_parser = parse_bind_address)]
+    #[arg(long, env = env::HTTP_BIND, default_value = "0.0.0.0:8080", value_parser = parse_bind_address)]
     http_bind: SocketAddr,
     /// Namespace whose DedupClusters this operator reconciles; empty: every namespace.
     #[arg(long = "namespace", env = "WATCH_NAMESPACE", default_value = "")]
@@ -39,7 +40,7 @@ struct RunArgs {
     #[arg(long, env = "LEADER_ELECTION_NAMESPACE", default_value = "")]
     leader_election_namespace: String,
     /// Log format: text or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = env::LOG_FORMAT, default_value = "text")]
     log_format: LogFormat,
 }
 
@@ -108,7 +109,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let election = Some(args.leader_election_namespace).filter(|n| !n.is_empty());
     let leadership = match &election {
         Some(lease_namespace) => {
-            let holder = std::env::var("POD_NAME")
+            let holder = std::env::var(env::POD_NAME)
                 .unwrap_or_else(|_| format!("operator-{}", std::process::id()));
             tokio::select! {
                 leadership = Leadership::acquire(client.clone(), lease_namespace, holder) => Some(leadership),

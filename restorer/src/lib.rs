@@ -45,7 +45,7 @@ pub enum Summary {
     /// partitions any more, most likely.
     StaleOwnerRecord { key: String, age: Duration },
     /// The ownership record could not be read.
-    RecordUnreadable { key: String, error: String },
+    RecordUnreadable { key: String, error: RecordError },
     /// Each listed partition, with its outcome.
     Partitions(Vec<PartitionReport>),
 }
@@ -88,7 +88,7 @@ pub async fn run(config: &Config) -> Summary {
             return Summary::NoOwnerRecord { key };
         }
         Err(error) => {
-            tracing::warn!(key, %remote, error, "cannot read the ownership record; the deduplicator will restore on assignment");
+            tracing::warn!(key, %remote, %error, "cannot read the ownership record; the deduplicator will restore on assignment");
             return Summary::RecordUnreadable { key, error };
         }
     };
@@ -127,12 +127,23 @@ pub async fn run(config: &Config) -> Summary {
     Summary::Partitions(reports)
 }
 
+/// Why the ownership record could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// It is there but does not parse: not retried, it will not get better.
+    #[error("the ownership record is not valid: {0}")]
+    Invalid(String),
+    /// The remote kept failing (or RESTORE_TIMEOUT passed) through every attempt.
+    #[error("{last} (after {attempts} attempts)")]
+    Unreachable { last: String, attempts: u32 },
+}
+
 async fn read_record(
     remote: &Remote,
     key: &str,
     config: &Config,
     deadline: Instant,
-) -> Result<Option<OwnerRecord>, String> {
+) -> Result<Option<OwnerRecord>, RecordError> {
     let mut backoff = Duration::from_millis(500);
     let mut attempt = 0;
     loop {
@@ -141,16 +152,18 @@ async fn read_record(
         let error = match tokio::time::timeout(remaining, remote.get_bytes(key)).await {
             Ok(Ok(None)) => return Ok(None),
             Ok(Ok(Some(bytes))) => {
-                // A record that does not parse is not retried: it will not get better.
                 return OwnerRecord::from_json(&bytes)
                     .map(Some)
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| RecordError::Invalid(e.to_string()));
             }
             Ok(Err(error)) => error.to_string(),
             Err(_) => "RESTORE_TIMEOUT passed".to_string(),
         };
         if attempt >= config.restore_max_attempts || Instant::now() + backoff >= deadline {
-            return Err(format!("{error} (after {attempt} attempts)"));
+            return Err(RecordError::Unreachable {
+                last: error,
+                attempts: attempt,
+            });
         }
         tracing::warn!(
             key,
@@ -163,6 +176,10 @@ async fn read_record(
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
+
+/// Block cache and memtable budget of a local store opened only to read its offset.
+const PROBE_CACHE_BYTES: u64 = 8 << 20;
+const PROBE_MEMTABLE_BYTES: u64 = 8 << 20;
 
 async fn restore_partition(
     config: &Config,
@@ -179,7 +196,7 @@ async fn restore_partition(
             local_next_offset(
                 &dir,
                 &StoreSettings::default(),
-                &StoreResources::new(8 << 20, 8 << 20),
+                &StoreResources::new(PROBE_CACHE_BYTES, PROBE_MEMTABLE_BYTES),
             )
         })
         .await

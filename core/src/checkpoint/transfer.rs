@@ -314,10 +314,10 @@ pub async fn restore<R: CheckpointRemote>(
                     skipped,
                 });
             }
-            Err(Problem::Corrupt(reason)) => {
+            Err(Problem::Corrupt(damage)) => {
                 // Keep nothing of a corrupt checkpoint: it would never verify.
                 let _ = std::fs::remove_dir_all(&staging);
-                skipped.push((manifest.checkpoint_id.clone(), reason));
+                skipped.push((manifest.checkpoint_id.clone(), damage.to_string()));
             }
             Err(Problem::Remote(error)) => return Err(error),
         }
@@ -325,9 +325,32 @@ pub async fn restore<R: CheckpointRemote>(
     Ok(RestoreOutcome::AllCorrupt { skipped })
 }
 
+/// Why a checkpoint's file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Damage {
+    #[error("{key} is missing")]
+    Missing { key: String },
+    #[error("{file}: {source}")]
+    Unreadable {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {actual} bytes, manifest says {expected}")]
+    Size {
+        file: String,
+        actual: u64,
+        expected: u64,
+    },
+    #[error("{file}: checksum mismatch")]
+    Checksum { file: String },
+    #[error("verification task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 enum Problem {
     /// The checkpoint cannot be restored (missing or damaged file).
-    Corrupt(String),
+    Corrupt(Damage),
     /// The remote failed; retrying later may work, and verified files are kept.
     Remote(RemoteError),
 }
@@ -384,7 +407,9 @@ async fn fetch_one<R: CheckpointRemote>(
         .await
         .map_err(Problem::Remote)?
     {
-        return Err(Problem::Corrupt(format!("{} is missing", file.remote_key)));
+        return Err(Problem::Corrupt(Damage::Missing {
+            key: file.remote_key.clone(),
+        }));
     }
     verify_blocking(&local, file)
         .await
@@ -392,23 +417,27 @@ async fn fetch_one<R: CheckpointRemote>(
     Ok((file.size, false))
 }
 
-async fn verify_blocking(path: &Path, file: &ManifestFile) -> Result<(), String> {
+async fn verify_blocking(path: &Path, file: &ManifestFile) -> Result<(), Damage> {
     let (path, file) = (path.to_path_buf(), file.clone());
-    tokio::task::spawn_blocking(move || verify(&path, &file))
-        .await
-        .unwrap_or_else(|e| Err(format!("verification task failed: {e}")))
+    tokio::task::spawn_blocking(move || verify(&path, &file)).await?
 }
 
-fn verify(path: &Path, file: &ManifestFile) -> Result<(), String> {
-    let (checksum, size) = file_checksum(path).map_err(|e| format!("{}: {e}", file.local_name))?;
+fn verify(path: &Path, file: &ManifestFile) -> Result<(), Damage> {
+    let (checksum, size) = file_checksum(path).map_err(|source| Damage::Unreadable {
+        file: file.local_name.clone(),
+        source,
+    })?;
     if size != file.size {
-        return Err(format!(
-            "{}: {size} bytes, manifest says {}",
-            file.local_name, file.size
-        ));
+        return Err(Damage::Size {
+            file: file.local_name.clone(),
+            actual: size,
+            expected: file.size,
+        });
     }
     if checksum != file.checksum {
-        return Err(format!("{}: checksum mismatch", file.local_name));
+        return Err(Damage::Checksum {
+            file: file.local_name.clone(),
+        });
     }
     Ok(())
 }
