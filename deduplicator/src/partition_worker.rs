@@ -324,35 +324,33 @@ impl PartitionWorker {
                     let forget = stored_key
                         .filter(|_| target == Target::Output && publisher.has_dead_letter())
                         .map(|key| (Arc::clone(&self.store), key));
-                    let message = Arc::new(message);
                     deliveries.spawn(async move {
                         let mut first = Some(first);
+                        let (publisher, message) = (&publisher, &message);
                         let delivered = deliver_surviving_panics(
                             |_| {
-                                let (publisher, message) =
-                                    (Arc::clone(&publisher), Arc::clone(&message));
                                 let first = first.take();
                                 async move {
                                     let attempt = match first {
                                         Some(first) => first,
                                         None => publisher
-                                            .enqueue(&message, target)
+                                            .enqueue(message, target)
                                             .await
                                             .unwrap_or(Err(KafkaError::Canceled)),
                                     };
-                                    publisher.deliver(&message, target, attempt).await
+                                    publisher.deliver(message, target, attempt).await
                                 }
                             },
                             max_attempts,
                             &metrics,
-                            &message,
+                            message,
                         )
                         .await;
                         match delivered {
                             Some(Delivered::Output | Delivered::Skipped) => ackable.ack(),
                             Some(Delivered::DeadLetter) => {
                                 if let Some((store, key)) = forget {
-                                    forget_dead_lettered(&store, &key, &message);
+                                    forget_dead_lettered(&store, &key, message);
                                 }
                                 ackable.nack()
                             }

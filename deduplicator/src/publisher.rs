@@ -62,6 +62,41 @@ pub(crate) fn report_skipped(
         "the message can never be published; skipped (its offset is committed)");
 }
 
+/// What becomes of a message whose publication to `target` failed `failures` times,
+/// the last with `error`: one policy for both output guarantees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterFailure {
+    /// Try again (before `PUBLISH_MAX_ATTEMPTS`, and a transient failure after them
+    /// when the dead-letter topic cannot take it: never given up for an outage).
+    Retry,
+    /// To the dead-letter topic (an output message out of attempts, with one set).
+    DeadLetter,
+    /// Out of attempts, and no broker will ever take it: skipped, for this reason.
+    Skip(&'static str),
+}
+
+pub(crate) fn after_failure(
+    error: &KafkaError,
+    target: Target,
+    failures: u32,
+    max_attempts: u32,
+    has_dead_letter: bool,
+) -> AfterFailure {
+    if failures < max_attempts {
+        AfterFailure::Retry
+    } else if target == Target::Output && has_dead_letter {
+        AfterFailure::DeadLetter
+    } else {
+        is_permanent(error).map_or(AfterFailure::Retry, AfterFailure::Skip)
+    }
+}
+
+/// Logs an output message routed to the dead-letter topic after `attempts` failures.
+pub(crate) fn report_dead_lettered(message: &OwnedMessage, error: &KafkaError, attempts: u32) {
+    tracing::error!(partition = message.partition(), offset = message.offset(), %error,
+        attempts, "publishing failed; routing the message to the dead-letter topic");
+}
+
 /// A failure no retry can mend: the message itself is refused.
 pub(crate) fn is_permanent(error: &KafkaError) -> Option<&'static str> {
     let code = match error {
@@ -165,28 +200,29 @@ impl Publisher {
             };
             failures += 1;
             self.metrics.publish_retries.inc();
-            let permanent = is_permanent(&error);
-            if let Some(reason) = permanent.filter(|_| {
-                failures >= self.max_attempts
-                    && (target != Target::Output || self.dead_letter_topic.is_none())
-            }) {
-                report_skipped(&self.metrics, message, &error, reason, failures);
-                return Delivered::Skipped;
-            }
-            if target == Target::Output
-                && failures >= self.max_attempts
-                && self.dead_letter_topic.is_some()
-            {
-                tracing::error!(partition = message.partition(), offset = message.offset(), %error,
-                    attempts = failures, "publishing failed; routing the message to the dead-letter topic");
-                target = Target::DeadLetter {
-                    reason: "publish_failed",
-                };
-                failures = 0;
-            } else {
-                tracing::warn!(partition = message.partition(), offset = message.offset(), %error,
-                    attempts = failures, "publishing failed; retrying");
-                tokio::time::sleep(backoff(failures)).await;
+            match after_failure(
+                &error,
+                target,
+                failures,
+                self.max_attempts,
+                self.has_dead_letter(),
+            ) {
+                AfterFailure::Skip(reason) => {
+                    report_skipped(&self.metrics, message, &error, reason, failures);
+                    return Delivered::Skipped;
+                }
+                AfterFailure::DeadLetter => {
+                    report_dead_lettered(message, &error, failures);
+                    target = Target::DeadLetter {
+                        reason: "publish_failed",
+                    };
+                    failures = 0;
+                }
+                AfterFailure::Retry => {
+                    tracing::warn!(partition = message.partition(), offset = message.offset(), %error,
+                        attempts = failures, "publishing failed; retrying");
+                    tokio::time::sleep(backoff(failures)).await;
+                }
             }
             attempt = match self.enqueue(message, target).await {
                 Some(result) => result,
@@ -289,6 +325,38 @@ pub fn client_id(config: &Config, role: &str) -> String {
 mod tests {
     use super::*;
     use rdkafka::message::Headers;
+
+    #[test]
+    fn out_of_attempts_an_output_message_goes_to_the_dead_letter_topic_or_is_skipped_if_never_publishable(
+    ) {
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let away = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
+        let dead_letter = Target::DeadLetter { reason: "x" };
+        assert_eq!(
+            after_failure(&too_large, Target::Output, 2, 3, true),
+            AfterFailure::Retry
+        );
+        assert_eq!(
+            after_failure(&too_large, Target::Output, 3, 3, true),
+            AfterFailure::DeadLetter
+        );
+        assert_eq!(
+            after_failure(&too_large, Target::Output, 3, 3, false),
+            AfterFailure::Skip("message_too_large")
+        );
+        assert_eq!(
+            after_failure(&too_large, dead_letter, 3, 3, true),
+            AfterFailure::Skip("message_too_large")
+        );
+        assert_eq!(
+            after_failure(&away, Target::Output, 9, 3, false),
+            AfterFailure::Retry
+        );
+        assert_eq!(
+            after_failure(&away, dead_letter, 9, 3, true),
+            AfterFailure::Retry
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -44,7 +44,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::publisher::{
-    backoff, client_id, forget_dead_lettered, is_permanent, report_skipped, send, Target,
+    after_failure, backoff, client_id, forget_dead_lettered, is_permanent, report_dead_lettered,
+    report_skipped, send, AfterFailure, Target,
 };
 
 /// The pause before a commit whose call timed out is resumed.
@@ -506,7 +507,7 @@ impl TransactionalPublisher {
         let mut records = std::mem::take(&mut open.records).into_iter();
         while let Some(mut record) = records.next() {
             record.settle_delivery();
-            if record.failures >= self.max_attempts && !self.reroute(&mut record) {
+            if !self.reroute(&mut record) {
                 continue;
             }
             let suspect = record.failures > 0;
@@ -529,28 +530,35 @@ impl TransactionalPublisher {
         Ok(())
     }
 
-    /// A message out of attempts: to the dead-letter topic (true: send it there), or
-    /// skipped when no broker will ever take it (false); a transient failure of a
-    /// message that cannot go to the dead-letter topic is retried (true).
+    /// A message refused `PUBLISH_MAX_ATTEMPTS` times: to the dead-letter topic (true:
+    /// send it there), or skipped when no broker will ever take it (false); otherwise
+    /// retried (true). The policy is at-least-once mode's ([`after_failure`]).
     fn reroute(&self, record: &mut Record) -> bool {
         let Some(error) = record.error.clone() else {
             return true;
         };
-        if record.target == Target::Output && self.dead_letter_topic.is_some() {
-            tracing::error!(partition = self.partition, offset = record.message.offset(), %error,
-                attempts = record.failures, "publishing failed; routing the message to the dead-letter topic");
-            if let Some((store, key)) = record.forget.take() {
-                forget_dead_lettered(&store, &key, &record.message);
+        let has_dead_letter = self.dead_letter_topic.is_some();
+        match after_failure(
+            &error,
+            record.target,
+            record.failures,
+            self.max_attempts,
+            has_dead_letter,
+        ) {
+            AfterFailure::Retry => true,
+            AfterFailure::DeadLetter => {
+                report_dead_lettered(&record.message, &error, record.failures);
+                if let Some((store, key)) = record.forget.take() {
+                    forget_dead_lettered(&store, &key, &record.message);
+                }
+                record.target = Target::DeadLetter {
+                    reason: "publish_failed",
+                };
+                record.failures = 0;
+                record.error = None;
+                true
             }
-            record.target = Target::DeadLetter {
-                reason: "publish_failed",
-            };
-            record.failures = 0;
-            record.error = None;
-            return true;
-        }
-        match is_permanent(&error) {
-            Some(reason) => {
+            AfterFailure::Skip(reason) => {
                 report_skipped(
                     &self.metrics,
                     &record.message,
@@ -560,7 +568,6 @@ impl TransactionalPublisher {
                 );
                 false
             }
-            None => true,
         }
     }
 

@@ -415,6 +415,28 @@ fn apply(namespace: &str, manifest: &str) {
 }
 
 /// Waits until the cluster's status says Ready for its current generation.
+/// Applies the example DedupCluster `name` with 10Gi volumes of a new StorageClass
+/// (expandable or not) in `ns`, and waits until it is ready; returns it and the class.
+async fn ready_on_own_class(
+    client: &kube::Client,
+    ns: &TestNamespace,
+    name: &str,
+    replicas: i32,
+    expandable: bool,
+    operator: &Operator,
+) -> (Api<DedupCluster>, String) {
+    let class = storage_class(&format!("{}-{name}", ns.name), expandable);
+    apply(
+        &ns.name,
+        &example(name, replicas, |spec| {
+            spec["storage"] = serde_json::json!({"size": "10Gi", "storageClassName": class});
+        }),
+    );
+    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
+    ready(&clusters, name, operator).await;
+    (clusters, class)
+}
+
 async fn ready(clusters: &Api<DedupCluster>, name: &str, operator: &Operator) -> DedupCluster {
     eventually(&format!("DedupCluster {name} Ready"), WAIT, || async {
         let cluster = clusters.get(name).await.map_err(|e| e.to_string())?;
@@ -1430,16 +1452,8 @@ async fn a_larger_storage_size_expands_the_volumes_without_restarting_pods() {
         return;
     };
     let ns = TestNamespace::create("expand");
-    let class = storage_class(&format!("{}-expandable", ns.name), true);
     let operator = Operator::start(&ns.name);
-    apply(
-        &ns.name,
-        &example("growing", 2, |spec| {
-            spec["storage"] = serde_json::json!({"size": "10Gi", "storageClassName": class});
-        }),
-    );
-    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
-    ready(&clusters, "growing", &operator).await;
+    let (clusters, class) = ready_on_own_class(&client, &ns, "growing", 2, true, &operator).await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
     let uids = || async {
         let mut uids: Vec<Option<String>> = pods
@@ -1581,17 +1595,9 @@ async fn a_refused_volume_expansion_is_reported_and_wedges_nothing() {
         return;
     };
     let ns = TestNamespace::create("fixed");
-    // A class that does not allow expansion: the server refuses to grow its claims.
-    let class = storage_class(&format!("{}-fixed", ns.name), false);
     let operator = Operator::start(&ns.name);
-    apply(
-        &ns.name,
-        &example("fixed", 1, |spec| {
-            spec["storage"] = serde_json::json!({"size": "10Gi", "storageClassName": class});
-        }),
-    );
-    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
-    ready(&clusters, "fixed", &operator).await;
+    // A class that does not allow expansion: the server refuses to grow its claims.
+    let (clusters, class) = ready_on_own_class(&client, &ns, "fixed", 1, false, &operator).await;
 
     patch_cluster(
         &ns.name,
