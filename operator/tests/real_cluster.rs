@@ -437,6 +437,31 @@ async fn ready_on_own_class(
     (clusters, class)
 }
 
+/// The StatefulSet's update revision (the pod template its pods roll onto).
+fn update_revision(s: &StatefulSet) -> Option<String> {
+    s.status.as_ref().and_then(|s| s.update_revision.clone())
+}
+
+/// Waits until the StatefulSet `name` has an update revision other than `from`: its pods
+/// roll (onto `what`).
+async fn rolled_past(
+    statefulsets: &Api<StatefulSet>,
+    name: &str,
+    from: Option<String>,
+    what: &str,
+) {
+    let revision = update_revision;
+    eventually(&format!("the pods roll onto {what}"), WAIT, || async {
+        let now = statefulsets.get(name).await.map_err(|e| e.to_string())?;
+        if revision(&now) != from {
+            Ok(())
+        } else {
+            Err(format!("revision {:?}", revision(&now)))
+        }
+    })
+    .await;
+}
+
 async fn ready(clusters: &Api<DedupCluster>, name: &str, operator: &Operator) -> DedupCluster {
     eventually(&format!("DedupCluster {name} Ready"), WAIT, || async {
         let cluster = clusters.get(name).await.map_err(|e| e.to_string())?;
@@ -649,7 +674,7 @@ async fn kubectl_scale_changes_only_the_replicas_and_an_autoscaler_reads_the_sca
     assert_eq!(cluster.spec.replicas, 4);
     let after = statefulsets.get("scaled").await.unwrap();
     assert_eq!(after.spec.as_ref().unwrap().replicas, Some(4));
-    let revision = |s: &StatefulSet| s.status.as_ref().and_then(|s| s.update_revision.clone());
+    let revision = update_revision;
     assert_eq!(
         revision(&before),
         revision(&after),
@@ -749,7 +774,7 @@ async fn a_removed_spec_field_leaves_the_children_and_a_steady_reconcile_writes_
 
     // Remove two fields: their settings leave the ConfigMap, and the pods roll onto it.
     let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
-    let revision = |s: &StatefulSet| s.status.as_ref().and_then(|s| s.update_revision.clone());
+    let revision = update_revision;
     let first_revision = revision(&statefulsets.get("trimmed").await.unwrap());
     kubectl(&[
         "patch",
@@ -1373,22 +1398,17 @@ async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown()
         (reference.name.as_str(), reference.key.as_str()),
         ("kafka-client", "client-secret")
     );
-    let revision = |s: &StatefulSet| s.status.as_ref().and_then(|s| s.update_revision.clone());
+    let revision = update_revision;
     let first_revision = revision(&sts);
 
     // A rotated Secret rolls the pods.
     apply(&ns.name, &secret("hunter2-second"));
-    eventually("the pods roll onto the rotated Secret", WAIT, || async {
-        let now = statefulsets
-            .get("sealed")
-            .await
-            .map_err(|e| e.to_string())?;
-        if revision(&now) != first_revision {
-            Ok(())
-        } else {
-            Err(format!("revision {:?}", revision(&now)))
-        }
-    })
+    rolled_past(
+        &statefulsets,
+        "sealed",
+        first_revision,
+        "the rotated Secret",
+    )
     .await;
     ready(&clusters, "sealed", &operator).await;
 
@@ -1399,20 +1419,11 @@ async fn secret_properties_come_from_secrets_roll_the_pods_and_are_never_shown()
         r#"{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kafka-tls"},
             "stringData": {"client.key": "key two"}}"#,
     );
-    eventually(
-        "the pods roll onto the rotated volume Secret",
-        WAIT,
-        || async {
-            let now = statefulsets
-                .get("sealed")
-                .await
-                .map_err(|e| e.to_string())?;
-            if revision(&now) != second_revision {
-                Ok(())
-            } else {
-                Err(format!("revision {:?}", revision(&now)))
-            }
-        },
+    rolled_past(
+        &statefulsets,
+        "sealed",
+        second_revision,
+        "the rotated volume Secret",
     )
     .await;
     ready(&clusters, "sealed", &operator).await;
