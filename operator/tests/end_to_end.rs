@@ -1,0 +1,705 @@
+//! The whole system end to end, on the real control plane and the real broker: the
+//! operator turns a DedupCluster into a StatefulSet, the real controllers and scheduler
+//! make and place its pods, and a test node agent (`support/node_agent.rs`) runs them as
+//! processes of the workspace's `restorer` and `deduplicator` binaries with their volumes,
+//! environment and probes. Checkpoints go to moto (S3).
+//!
+//! While a stream of PostHog-style events runs (20 % copies with a new uuid, other
+//! properties and the timestamp spelled differently), the scenario scales the cluster with
+//! `kubectl scale`, reschedules a pod onto an empty volume (pod and PVC deleted), rolls the
+//! pods with a spec change and crashes a pod (SIGKILL, no grace). Then it checks the output
+//! against what was sent: every unique event present, no copy, republished originals within
+//! the documented bound; and prints, per step, the handoff gap (the longest time a
+//! partition's events were not published), the catch-up replay and what was restored.
+//!
+//! The short version runs in CI (`cargo test`); the long one (more events, more steps):
+//! `DEDUP_E2E_LONG=1 cargo test --test end_to_end -- --nocapture` (docs/reliability.md).
+//!
+//! Needs the test services (`eval "$(scripts/start-test-services.sh)"`) and root (the
+//! agent mounts each pod's volume in a mount namespace of its own).
+
+mod support {
+    pub mod cluster;
+    pub mod node_agent;
+    pub mod stream;
+}
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use support::cluster::{cluster, eventually, kubectl, kubectl_in, Operator, TestNamespace};
+use support::node_agent::NodeAgent;
+use support::stream::{self, Stream};
+
+const PARTITIONS: i32 = 8;
+const COPY_PERCENT: u64 = 20;
+/// In flight per partition (`maxInFlightMessages` of the scenario's cluster).
+const MAX_IN_FLIGHT: u64 = 200;
+
+/// How long a step may take to settle (pods ready, rolled).
+const STEP_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// One scenario run's sizes: CI's short version, or the long one.
+struct Sizes {
+    rate: u64,
+    /// Steady streaming after each step, so that the handoff shows and settles.
+    dwell: Duration,
+    long: bool,
+}
+
+impl Sizes {
+    fn get() -> Self {
+        if std::env::var("DEDUP_E2E_LONG").is_ok_and(|v| v == "1") {
+            Self {
+                rate: 2_500,
+                dwell: Duration::from_secs(40),
+                long: true,
+            }
+        } else {
+            Self {
+                rate: 600,
+                dwell: Duration::from_secs(20),
+                long: false,
+            }
+        }
+    }
+}
+
+/// Where a step began.
+struct Mark {
+    name: String,
+    from_ms: i64,
+    catch_up: f64,
+    restored_bytes: f64,
+}
+
+/// A figure row of one step.
+struct Step {
+    name: String,
+    from_ms: i64,
+    to_ms: i64,
+    catch_up_before: f64,
+    catch_up_after: f64,
+    restored_bytes_before: f64,
+    restored_bytes_after: f64,
+}
+
+/// The deduplicators' counters, scraped from every running pod: a pod's counters are
+/// kept after it is gone (and across its restarts), so totals only grow.
+#[derive(Default)]
+struct Scraped {
+    /// (pod uid, metric) → (accumulated before the last reset, last value)
+    values: HashMap<(String, &'static str), (f64, f64)>,
+}
+
+impl Scraped {
+    fn total(&self, metric: &str) -> f64 {
+        self.values
+            .iter()
+            .filter(|((_, m), _)| *m == metric)
+            .map(|(_, (acc, last))| acc + last)
+            .sum()
+    }
+}
+
+const CATCH_UP: &str = "dedup_catch_up_messages_total";
+const RESTORE_BYTES: &str = "dedup_restore_bytes_total";
+
+fn scrape_once(agent: &NodeAgent, scraped: &Mutex<Scraped>) {
+    for (_, uid, port) in agent.running("http") {
+        let Some(body) = http_get(port, "/metrics") else {
+            continue;
+        };
+        for metric in [CATCH_UP, RESTORE_BYTES] {
+            let value: f64 = body
+                .lines()
+                .filter(|l| l.starts_with(metric))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            let mut scraped = scraped.lock().unwrap();
+            let entry = scraped
+                .values
+                .entry((uid.clone(), metric))
+                .or_insert((0.0, 0.0));
+            if value < entry.1 {
+                entry.0 += entry.1; // the container restarted: its counter began again
+            }
+            entry.1 = value;
+        }
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
+}
+
+/// A plain HTTP request to moto (no signature needed): (status, body).
+fn s3_request(endpoint: &str, method: &str, path: &str) -> (u16, String) {
+    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream =
+        TcpStream::connect(address).unwrap_or_else(|e| panic!("S3 at {endpoint}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("a request to S3");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn s3_endpoint() -> String {
+    std::env::var("DEDUP_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
+}
+
+/// Everything a scenario works with.
+struct Scenario {
+    client: Client,
+    ns: TestNamespace,
+    agent: NodeAgent,
+    operator: Operator,
+    bootstrap: String,
+    name: String,
+    input: String,
+    output: String,
+    group: String,
+    bucket: String,
+    sizes: Sizes,
+    scraped: Arc<Mutex<Scraped>>,
+    steps: Vec<Step>,
+}
+
+impl Scenario {
+    async fn start(test: &str, guarantee: &str) -> Option<Self> {
+        let client = cluster().await?;
+        let bootstrap = stream::broker()?;
+        let ns = TestNamespace::create(test);
+        let suffix = format!("{}-{}", std::process::id(), stream::now_ms() % 100_000);
+        let (input, output) = (format!("e2e-in-{suffix}"), format!("e2e-out-{suffix}"));
+        stream::create_topics(
+            &bootstrap,
+            &[
+                (&input, PARTITIONS, &[]),
+                // The broker's append time: the handoff gap is read off the output.
+                (
+                    &output,
+                    PARTITIONS,
+                    &[("message.timestamp.type", "LogAppendTime")],
+                ),
+            ],
+        )
+        .await;
+        let bucket = format!("e2e-{suffix}");
+        let (status, body) = s3_request(&s3_endpoint(), "PUT", &format!("/{bucket}"));
+        assert_eq!(status, 200, "creating bucket {bucket}: {body}");
+        let agent = NodeAgent::start(client.clone()).await;
+        let operator = Operator::start(&ns.name);
+        let name = "events".to_string();
+        let (node_selector, tolerations) = agent.placement();
+        let cluster = json!({
+            "apiVersion": "kafka-deduplicator.dev/v1alpha1",
+            "kind": "DedupCluster",
+            "metadata": {"name": name, "namespace": ns.name},
+            "spec": {
+                "replicas": 3,
+                "image": "kafka-deduplicator:e2e",
+                "nodeSelector": node_selector,
+                "tolerations": tolerations,
+                "terminationGracePeriodSeconds": 20,
+                "kafka": {
+                    "bootstrapServers": bootstrap,
+                    "inputTopic": input,
+                    "outputTopic": output,
+                    // A shorter session than the default 45 s: a static member that left
+                    // (scaled down) gives its partitions back sooner, and CI stays short.
+                    "properties": {"session.timeout.ms": "10000"},
+                },
+                "dedup": {
+                    "window": "1h",
+                    "maxStoreCapacity": "1GiB",
+                    "maxInFlightMessages": MAX_IN_FLIGHT,
+                    "outputGuarantee": guarantee,
+                },
+                "storage": {"size": "1Gi"},
+                "checkpoint": {
+                    "interval": "10s",
+                    "s3": {"bucket": bucket, "region": "us-east-1", "endpoint": s3_endpoint()},
+                    "credentialsSecret": "dedup-s3-credentials",
+                },
+            },
+        });
+        kubectl_in(&["apply", "-f", "-"], Some(&cluster.to_string()));
+        let scraped = Arc::new(Mutex::new(Scraped::default()));
+        let group = name.clone();
+        Some(Self {
+            client,
+            ns,
+            agent,
+            operator,
+            bootstrap,
+            name,
+            input,
+            output,
+            group,
+            bucket,
+            sizes: Sizes::get(),
+            scraped,
+            steps: Vec::new(),
+        })
+    }
+
+    fn scrape(&self) {
+        scrape_once(&self.agent, &self.scraped);
+    }
+
+    /// Waits until the StatefulSet has `replicas` pods, all updated and ready, scraping
+    /// the pods' counters meanwhile.
+    async fn settled(&self, replicas: i32) {
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            self.scrape();
+            let state = match sets.get_opt(&self.name).await {
+                Ok(Some(s)) => {
+                    let status = s.status.clone().unwrap_or_default();
+                    let rolled = status.update_revision.is_some()
+                        && status.current_revision == status.update_revision;
+                    let done = status.observed_generation == s.metadata.generation
+                        && status.replicas == replicas
+                        && status.ready_replicas == Some(replicas)
+                        && status.updated_replicas == Some(replicas)
+                        && rolled;
+                    if done && self.agent.running("http").len() == replicas as usize {
+                        return;
+                    }
+                    format!("{status:?}")
+                }
+                Ok(None) => "no StatefulSet yet".into(),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                self.report_logs();
+                panic!("the cluster did not settle at {replicas} ready pods in {STEP_TIMEOUT:?}: {state}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Streams on for the dwell, scraping.
+    async fn dwell(&self) {
+        let until = Instant::now() + self.sizes.dwell;
+        while Instant::now() < until {
+            self.scrape();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The start of a step: the counters and the time before its action.
+    fn begin(&self, name: &str) -> Mark {
+        eprintln!("e2e: step {name}");
+        self.scrape();
+        let (catch_up, restored_bytes) = self.totals();
+        Mark {
+            name: name.into(),
+            from_ms: stream::now_ms(),
+            catch_up,
+            restored_bytes,
+        }
+    }
+
+    /// The end of a step: `replicas` ready pods, then the dwell; records its figures.
+    async fn end(&mut self, mark: Mark, replicas: i32) {
+        // Let the StatefulSet controller see the change before judging it settled.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.settled(replicas).await;
+        self.dwell().await;
+        let (catch_up_after, restored_bytes_after) = self.totals();
+        self.steps.push(Step {
+            name: mark.name,
+            from_ms: mark.from_ms,
+            to_ms: stream::now_ms(),
+            catch_up_before: mark.catch_up,
+            catch_up_after,
+            restored_bytes_before: mark.restored_bytes,
+            restored_bytes_after,
+        });
+    }
+
+    fn totals(&self) -> (f64, f64) {
+        let scraped = self.scraped.lock().unwrap();
+        (scraped.total(CATCH_UP), scraped.total(RESTORE_BYTES))
+    }
+
+    fn scale(&self, replicas: i32) {
+        kubectl(&[
+            "scale",
+            "dedup",
+            &self.name,
+            "--namespace",
+            &self.ns.name,
+            &format!("--replicas={replicas}"),
+        ]);
+    }
+
+    /// The pod and its claim deleted: it comes back on an empty volume.
+    async fn reschedule(&self, ordinal: u32) {
+        let pod = format!("{}-{ordinal}", self.name);
+        let claims: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.client.clone(), &self.ns.name);
+        let claim_name = format!("data-{pod}");
+        let old = claims
+            .get(&claim_name)
+            .await
+            .unwrap_or_else(|e| panic!("the claim {claim_name}: {e}"))
+            .uid();
+        // The claim first: it waits (kubernetes.io/pvc-protection) until the pod is gone.
+        kubectl(&[
+            "delete",
+            "pvc",
+            &claim_name,
+            "--namespace",
+            &self.ns.name,
+            "--wait=false",
+        ]);
+        kubectl(&[
+            "delete",
+            "pod",
+            &pod,
+            "--namespace",
+            &self.ns.name,
+            "--wait=false",
+        ]);
+        eventually(
+            "a new claim for the rescheduled pod",
+            STEP_TIMEOUT,
+            || async {
+                match claims.get_opt(&claim_name).await {
+                    Ok(Some(c)) if c.uid() != old => Ok(()),
+                    other => Err(format!("{:?}", other.map(|c| c.map(|c| c.uid())))),
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Bytes and seconds the restorer init containers reported in `[from_ms, to_ms)`.
+    fn restorer_figures(&self, from_ms: i64, to_ms: i64) -> (f64, f64) {
+        let (mut bytes, mut seconds) = (0.0, 0.0);
+        for (file, text) in self.agent.all_logs() {
+            if !file.ends_with("_restorer.log") {
+                continue;
+            }
+            for line in text.lines() {
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let at = value["timestamp"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map_or(0, |t| t.as_millisecond());
+                if at < from_ms || at >= to_ms {
+                    continue;
+                }
+                // LOG_FORMAT=json: the event's fields beside timestamp and level.
+                let fields = &value;
+                match fields["message"].as_str() {
+                    Some("partition restored") => bytes += fields["bytes"].as_f64().unwrap_or(0.0),
+                    Some("restorer done") => seconds += fields["seconds"].as_f64().unwrap_or(0.0),
+                    _ => {}
+                }
+            }
+        }
+        (bytes, seconds)
+    }
+
+    /// Stops the stream, waits for the group to consume everything, reads the output and
+    /// checks it. Returns the verdict, the output and how long the drain took.
+    async fn finish(
+        &self,
+        stream: Stream,
+        read_committed: bool,
+    ) -> (stream::Verdict, Vec<stream::Published>) {
+        let truth = stream.stop();
+        let (bootstrap, group, input) = (
+            self.bootstrap.clone(),
+            self.group.clone(),
+            self.input.clone(),
+        );
+        eventually("the group consumed the whole input", STEP_TIMEOUT, || {
+            let (bootstrap, group, input) = (bootstrap.clone(), group.clone(), input.clone());
+            async move {
+                let lag = tokio::task::spawn_blocking(move || {
+                    stream::group_lag(&bootstrap, &group, &input, PARTITIONS)
+                })
+                .await
+                .ok()
+                .flatten();
+                match lag {
+                    Some(0) => Ok(()),
+                    other => Err(format!("lag {other:?}")),
+                }
+            }
+        })
+        .await;
+        let (bootstrap, output) = (self.bootstrap.clone(), self.output.clone());
+        let published = tokio::task::spawn_blocking(move || {
+            stream::read_output(&bootstrap, &output, read_committed)
+        })
+        .await
+        .expect("reading the output");
+        (stream::check(&truth, &published), published)
+    }
+
+    /// The figures table of the steps.
+    fn table(&self, output: &[stream::Published]) -> String {
+        let mut table = String::from(
+            "| step | handoff gap (s, longest partition) | catch-up replayed | bytes restored (restorer + in process) | restorer seconds | republished originals |\n|---|---|---|---|---|---|\n",
+        );
+        for step in &self.steps {
+            let (gap, partition) =
+                stream::longest_gap(output, PARTITIONS, step.from_ms, step.to_ms);
+            let (restorer_bytes, restorer_seconds) =
+                self.restorer_figures(step.from_ms, step.to_ms);
+            table.push_str(&format!(
+                "| {} | {gap:.1} (p{partition}) | {} | {} | {restorer_seconds:.1} | {} |\n",
+                step.name,
+                step.catch_up_after - step.catch_up_before,
+                restorer_bytes + step.restored_bytes_after - step.restored_bytes_before,
+                stream::republished_between(output, step.from_ms, step.to_ms),
+            ));
+        }
+        table
+    }
+
+    fn report_logs(&self) {
+        eprintln!(
+            "--- operator log (tail) ---\n{}",
+            tail(&self.operator.log(), 30)
+        );
+        for (file, text) in self.agent.all_logs() {
+            eprintln!("--- {file} (tail) ---\n{}", tail(&text, 25));
+        }
+    }
+
+    /// Deletes the DedupCluster: its children go (garbage collector), the checkpoints in
+    /// S3 stay.
+    async fn delete_cluster(&self) {
+        let objects_before = s3_objects(&self.bucket);
+        assert!(objects_before > 0, "no checkpoint in S3 before the delete");
+        kubectl(&[
+            "delete",
+            "dedup",
+            &self.name,
+            "--namespace",
+            &self.ns.name,
+            "--wait=true",
+            "--timeout=120s",
+        ]);
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns.name);
+        eventually(
+            "the StatefulSet and its pods gone",
+            STEP_TIMEOUT,
+            || async {
+                let set = sets.get_opt(&self.name).await.map_err(|e| e.to_string())?;
+                let listed = pods
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if set.is_none() && listed.items.is_empty() && self.agent.running("http").is_empty()
+                {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "StatefulSet present: {}, pods: {:?}",
+                        set.is_some(),
+                        listed
+                            .items
+                            .iter()
+                            .map(|p| p.name_any())
+                            .collect::<Vec<_>>()
+                    ))
+                }
+            },
+        )
+        .await;
+        for kind in ["service", "configmap", "pdb"] {
+            let left = kubectl(&[
+                "get",
+                kind,
+                "--namespace",
+                &self.ns.name,
+                "-l",
+                &format!("app.kubernetes.io/instance={}", self.name),
+                "-o",
+                "name",
+            ]);
+            assert!(
+                left.trim().is_empty(),
+                "{kind} left after the delete: {left}"
+            );
+        }
+        let objects_after = s3_objects(&self.bucket);
+        assert!(
+            objects_after >= objects_before,
+            "checkpoints deleted with the cluster: {objects_before} objects before, {objects_after} after"
+        );
+    }
+}
+
+/// How many objects the bucket holds.
+fn s3_objects(bucket: &str) -> usize {
+    let (status, body) = s3_request(
+        &s3_endpoint(),
+        "GET",
+        &format!("/{bucket}?list-type=2&max-keys=1000"),
+    );
+    assert_eq!(status, 200, "listing {bucket}: {body}");
+    body.matches("<Key>").count()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The republished originals the guarantee allows for the steps: per step, what was in
+/// flight on every partition plus what the input brought in one commit interval (1 s)
+/// and the drain's margin (docs/reliability.md, "handovers").
+fn republish_bound(steps: usize, rate: u64) -> usize {
+    (steps as u64 * (PARTITIONS as u64 * MAX_IN_FLIGHT + 2 * rate)) as usize
+}
+
+/// The scenarios run one at a time: each has its own node and namespace, but two at once
+/// would share the machine's two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Which steps a scenario takes.
+#[derive(PartialEq)]
+enum Steps {
+    /// Scale 3 → 5 → 2 (and 2 → 4 → 3 in the long version).
+    Scale,
+    /// The scale steps, then a reschedule onto an empty volume, a rolling spec change and
+    /// a node crash.
+    All,
+}
+
+/// Streams, takes the steps, checks the output and prints the figures; returns the
+/// verdict and the scenario (for what the caller checks after).
+async fn run(test: &str, guarantee: &str, steps: Steps) -> Option<(stream::Verdict, Scenario)> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut scenario = Scenario::start(test, guarantee).await?;
+    let stream = Stream::start(
+        &scenario.bootstrap,
+        &scenario.input,
+        PARTITIONS,
+        scenario.sizes.rate,
+        COPY_PERCENT,
+        17,
+    );
+    scenario.settled(3).await;
+    scenario.dwell().await;
+    let mut scale_steps = vec![5, 2];
+    if scenario.sizes.long {
+        scale_steps.extend([4, 3]);
+    }
+    let mut replicas = 3;
+    for to in scale_steps {
+        let mark = scenario.begin(&format!("kubectl scale {replicas} → {to}"));
+        scenario.scale(to);
+        scenario.end(mark, to).await;
+        replicas = to;
+    }
+    if steps == Steps::All {
+        // A reschedule onto an empty volume: the restorer pulls the checkpoints.
+        let mark = scenario.begin("pod 1 and its PVC deleted");
+        scenario.reschedule(1).await;
+        scenario.end(mark, replicas).await;
+        let mark = scenario.begin("spec change rolls the pods");
+        let patch = json!({"spec": {"dedup": {"window": "2h"}}}).to_string();
+        kubectl(&[
+            "patch",
+            "dedup",
+            &scenario.name,
+            "--namespace",
+            &scenario.ns.name,
+            "--type=merge",
+            "-p",
+            &patch,
+        ]);
+        scenario.end(mark, replicas).await;
+        let mark = scenario.begin("node crash of pod 0 (SIGKILL)");
+        scenario.agent.crash(&format!("{}-0", scenario.name));
+        scenario.end(mark, replicas).await;
+    }
+    let read_committed = guarantee == "exactly-once";
+    let (verdict, output) = scenario.finish(stream, read_committed).await;
+    eprintln!(
+        "e2e ({guarantee}, {}): {} events sent at {} ev/s, {} unique; lost {}, copies passed {}, \
+         republished originals {}\n{}",
+        if scenario.sizes.long { "long" } else { "short" },
+        verdict.sent,
+        scenario.sizes.rate,
+        verdict.unique,
+        verdict.lost,
+        verdict.copies_passed,
+        verdict.republished,
+        scenario.table(&output)
+    );
+    if verdict.lost > 0 || verdict.copies_passed > 0 {
+        scenario.report_logs();
+    }
+    assert_eq!(verdict.lost, 0, "unique events lost: {verdict:?}");
+    assert_eq!(verdict.copies_passed, 0, "copies published: {verdict:?}");
+    Some((verdict, scenario))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_rescheduling_rolling_and_a_crash_under_load_lose_nothing_and_pass_no_copy() {
+    let Some((verdict, scenario)) = run("e2e", "at-least-once", Steps::All).await else {
+        return;
+    };
+    let bound = republish_bound(scenario.steps.len(), scenario.sizes.rate);
+    assert!(
+        verdict.republished <= bound,
+        "{} republished originals, more than the bound {bound}: {verdict:?}",
+        verdict.republished
+    );
+    scenario.delete_cluster().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_scaling_shows_a_read_committed_reader_each_unique_event_once() {
+    let Some((verdict, _scenario)) = run("e2e-eos", "exactly-once", Steps::Scale).await else {
+        return;
+    };
+    assert_eq!(
+        verdict.republished, 0,
+        "an original seen twice by read_committed: {verdict:?}"
+    );
+}
