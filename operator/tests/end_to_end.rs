@@ -90,6 +90,9 @@ struct Step {
     catch_up_after: f64,
     restored_bytes_before: f64,
     restored_bytes_after: f64,
+    /// Seconds from the action until the pods were ready and the group stable with
+    /// every pod holding partitions.
+    settled_s: f64,
 }
 
 /// The deduplicators' counters, scraped from every running pod: a pod's counters are
@@ -294,10 +297,22 @@ impl Scenario {
                         && status.ready_replicas == Some(replicas)
                         && status.updated_replicas == Some(replicas)
                         && rolled;
-                    if done && self.agent.running("http").len() == replicas as usize {
+                    let running = self.agent.running("http").len();
+                    // The group has settled too: every pod holds partitions.
+                    let group = if done && running == replicas as usize {
+                        let (bootstrap, name) = (self.bootstrap.clone(), self.group.clone());
+                        tokio::task::spawn_blocking(move || stream::group_state(&bootstrap, &name))
+                            .await
+                            .ok()
+                            .flatten()
+                    } else {
+                        None
+                    };
+                    if matches!(&group, Some((state, holding)) if state == "Stable" && *holding == replicas as usize)
+                    {
                         return;
                     }
-                    format!("{status:?}")
+                    format!("{status:?}; pods run by the agent: {running}; group: {group:?}")
                 }
                 Ok(None) => "no StatefulSet yet".into(),
                 Err(e) => e.to_string(),
@@ -337,6 +352,7 @@ impl Scenario {
         // Let the StatefulSet controller see the change before judging it settled.
         tokio::time::sleep(Duration::from_secs(2)).await;
         self.settled(replicas).await;
+        let settled_s = (stream::now_ms() - mark.from_ms) as f64 / 1000.0;
         self.dwell().await;
         let (catch_up_after, restored_bytes_after) = self.totals();
         self.steps.push(Step {
@@ -347,6 +363,7 @@ impl Scenario {
             catch_up_after,
             restored_bytes_before: mark.restored_bytes,
             restored_bytes_after,
+            settled_s,
         });
     }
 
@@ -478,7 +495,7 @@ impl Scenario {
     /// The figures table of the steps.
     fn table(&self, output: &[stream::Published]) -> String {
         let mut table = String::from(
-            "| step | handoff gap (s, longest partition) | catch-up replayed | bytes restored (restorer + in process) | restorer seconds | republished originals |\n|---|---|---|---|---|---|\n",
+            "| step | settled after (s) | handoff gap (s, longest partition) | catch-up replayed | bytes restored (restorer + in process) | restorer seconds | republished originals |\n|---|---|---|---|---|---|---|\n",
         );
         for step in &self.steps {
             let (gap, partition) =
@@ -486,8 +503,9 @@ impl Scenario {
             let (restorer_bytes, restorer_seconds) =
                 self.restorer_figures(step.from_ms, step.to_ms);
             table.push_str(&format!(
-                "| {} | {gap:.1} (p{partition}) | {} | {} | {restorer_seconds:.1} | {} |\n",
+                "| {} | {:.1} | {gap:.1} (p{partition}) | {} | {} | {restorer_seconds:.1} | {} |\n",
                 step.name,
+                step.settled_s,
                 step.catch_up_after - step.catch_up_before,
                 restorer_bytes + step.restored_bytes_after - step.restored_bytes_before,
                 stream::republished_between(output, step.from_ms, step.to_ms),
@@ -595,6 +613,9 @@ fn republish_bound(steps: usize, rate: u64) -> usize {
     (steps as u64 * (PARTITIONS as u64 * MAX_IN_FLIGHT + 2 * rate)) as usize
 }
 
+/// The step that deletes a pod and its claim.
+const RESCHEDULE: &str = "pod 1 and its PVC deleted";
+
 /// The scenarios run one at a time: each has its own node and namespace, but two at once
 /// would share the machine's two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -637,7 +658,7 @@ async fn run(test: &str, guarantee: &str, steps: Steps) -> Option<(stream::Verdi
     }
     if steps == Steps::All {
         // A reschedule onto an empty volume: the restorer pulls the checkpoints.
-        let mark = scenario.begin("pod 1 and its PVC deleted");
+        let mark = scenario.begin(RESCHEDULE);
         scenario.reschedule(1).await;
         scenario.end(mark, replicas).await;
         let mark = scenario.begin("spec change rolls the pods");
@@ -676,6 +697,14 @@ async fn run(test: &str, guarantee: &str, steps: Steps) -> Option<(stream::Verdi
     }
     assert_eq!(verdict.lost, 0, "unique events lost: {verdict:?}");
     assert_eq!(verdict.copies_passed, 0, "copies published: {verdict:?}");
+    // The pod rescheduled onto an empty volume had its state from S3, by its restorer.
+    if let Some(step) = scenario.steps.iter().find(|s| s.name == RESCHEDULE) {
+        let (bytes, _) = scenario.restorer_figures(step.from_ms, step.to_ms);
+        assert!(
+            bytes > 0.0,
+            "the restorer of the rescheduled pod restored nothing"
+        );
+    }
     Some((verdict, scenario))
 }
 

@@ -426,3 +426,23 @@ pub fn group_lag(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
     }
     Some(lag)
 }
+
+/// The group's state and how many of its members hold partitions (DescribeGroups).
+pub fn group_state(bootstrap: &str, group: &str) -> Option<(String, usize)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .ok()?;
+    let groups = consumer
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .ok()?;
+    let info = groups.groups().iter().find(|g| g.name() == group)?;
+    // A member's assignment (consumer protocol): version (2), topic count (4), then the
+    // topics; an empty one is shorter than one topic with a partition.
+    let holding = info
+        .members()
+        .iter()
+        .filter(|m| m.assignment().is_some_and(|a| a.len() > 6 + 2 + 4 + 4))
+        .count();
+    Some((info.state().to_string(), holding))
+}
