@@ -39,6 +39,7 @@ pub mod env {
     pub const SHUTDOWN_TIMEOUT: &str = "SHUTDOWN_TIMEOUT";
     pub const PUBLISH_MAX_ATTEMPTS: &str = "PUBLISH_MAX_ATTEMPTS";
     pub const CHECKPOINT_INTERVAL: &str = "CHECKPOINT_INTERVAL";
+    pub const FINAL_CHECKPOINT_TIMEOUT: &str = "FINAL_CHECKPOINT_TIMEOUT";
     pub const LOCAL_CHECKPOINT_DIR: &str = "LOCAL_CHECKPOINT_DIR";
     pub const S3_BUCKET: &str = "S3_BUCKET";
     pub const S3_KEY_PREFIX: &str = "S3_KEY_PREFIX";

@@ -40,7 +40,7 @@ use crate::rebalance_handler::{ExportTarget, RebalanceHandler};
 /// another assignment may be another lineage whose `000012.sst` has the same size and
 /// other bytes, and a stale checksum would make every restore of it fail verification.
 #[derive(Default)]
-struct ChecksumCache {
+pub(crate) struct ChecksumCache {
     /// Partition → (the assignment it was computed in, checksum by file name and size).
     by_partition: HashMap<i32, (u64, Checksums)>,
 }
@@ -57,21 +57,28 @@ impl ChecksumCache {
         }
         &mut entry.1
     }
+
+    /// A copy of the checksums known for `partition` in `assignment`, for one export
+    /// (the cache is shared by the periodic exports and the final one at revocation).
+    fn known(&mut self, partition: i32, assignment: u64) -> Checksums {
+        self.for_assignment(partition, assignment).clone()
+    }
+
+    /// Adds what an export of `partition` in `assignment` computed.
+    fn remember(&mut self, partition: i32, assignment: u64, computed: Checksums) {
+        self.for_assignment(partition, assignment).extend(computed);
+    }
 }
 
 type Checksums = checkpoint::KnownChecksums;
 
 pub struct CheckpointExporter {
     handler: Arc<RebalanceHandler>,
-    checksums: ChecksumCache,
 }
 
 impl CheckpointExporter {
     pub fn new(handler: Arc<RebalanceHandler>) -> Self {
-        Self {
-            handler,
-            checksums: ChecksumCache::default(),
-        }
+        Self { handler }
     }
 
     /// Runs until aborted.
@@ -93,116 +100,128 @@ impl CheckpointExporter {
     pub async fn export_all(&mut self) {
         let targets = self.handler.export_targets();
         let owned: Vec<i32> = targets.iter().map(|t| t.partition).collect();
-        self.checksums.by_partition.retain(|p, _| owned.contains(p));
+        self.handler
+            .checksums()
+            .by_partition
+            .retain(|p, _| owned.contains(p));
         for target in targets {
-            self.export(target).await;
+            export(&self.handler, target).await;
+        }
+    }
+}
+
+/// One checkpoint of `target`'s store, uploaded when there is a remote: periodic, or the
+/// final one of a partition being given up ([`ExportTarget::last`]).
+pub async fn export(handler: &RebalanceHandler, target: ExportTarget) {
+    let pipeline = Arc::clone(&handler.pipeline);
+    let config = &pipeline.config;
+    let metrics = &pipeline.metrics;
+    let partition = target.partition;
+    let topic = config.kafka_consumer_topic.clone();
+    let dir = checkpoint::partition_dir(&config.local_checkpoint_dir, &topic, partition);
+    let Some(store) = target.store.upgrade() else {
+        return;
+    };
+    let now_ms = now_ms();
+    let started = Instant::now();
+    let created = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || checkpoint::create_local(&store, &dir, now_ms)).await
+    };
+    let local = match created {
+        Ok(Ok(local)) => local,
+        Ok(Err(error)) => {
+            Metrics::count(&metrics.checkpoints, "failure");
+            tracing::error!(partition, %error, "checkpoint creation failed");
+            return;
+        }
+        Err(error) => {
+            Metrics::count(&metrics.checkpoints, "failure");
+            tracing::error!(partition, %error, "checkpoint task failed");
+            return;
+        }
+    };
+    let pause = started.elapsed();
+    metrics.checkpoint_duration.observe(pause.as_secs_f64());
+    Metrics::count(&metrics.checkpoints, "success");
+    let keep = config.max_local_checkpoints as usize;
+    {
+        let dir = dir.clone();
+        match tokio::task::spawn_blocking(move || checkpoint::prune_local(&dir, keep)).await {
+            Ok(Err(error)) => {
+                tracing::warn!(partition, %error, "pruning local checkpoints failed")
+            }
+            Err(error) => tracing::warn!(partition, %error, "pruning task failed"),
+            Ok(Ok(_)) => {}
         }
     }
 
-    async fn export(&mut self, target: ExportTarget) {
-        let pipeline = Arc::clone(&self.handler.pipeline);
-        let config = &pipeline.config;
-        let metrics = &pipeline.metrics;
-        let partition = target.partition;
-        let topic = config.kafka_consumer_topic.clone();
-        let dir = checkpoint::partition_dir(&config.local_checkpoint_dir, &topic, partition);
-        let Some(store) = target.store.upgrade() else {
-            return;
-        };
-        let now_ms = now_ms();
-        let started = Instant::now();
-        let created = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || checkpoint::create_local(&store, &dir, now_ms))
-                .await
-        };
-        let local = match created {
-            Ok(Ok(local)) => local,
-            Ok(Err(error)) => {
-                Metrics::count(&metrics.checkpoints, "failure");
-                tracing::error!(partition, %error, "checkpoint creation failed");
-                return;
-            }
-            Err(error) => {
-                Metrics::count(&metrics.checkpoints, "failure");
-                tracing::error!(partition, %error, "checkpoint task failed");
-                return;
-            }
-        };
-        let pause = started.elapsed();
-        metrics.checkpoint_duration.observe(pause.as_secs_f64());
-        Metrics::count(&metrics.checkpoints, "success");
-        let keep = config.max_local_checkpoints as usize;
-        {
-            let dir = dir.clone();
-            match tokio::task::spawn_blocking(move || checkpoint::prune_local(&dir, keep)).await {
-                Ok(Err(error)) => {
-                    tracing::warn!(partition, %error, "pruning local checkpoints failed")
-                }
-                Err(error) => tracing::warn!(partition, %error, "pruning task failed"),
-                Ok(Ok(_)) => {}
-            }
-        }
-
-        let Some(remote) = pipeline.remote.clone() else {
-            let size = dir_size(&local.dir);
+    let Some(remote) = pipeline.remote.clone() else {
+        let size = dir_size(&local.dir);
+        metrics
+            .checkpoint_size_bytes
+            .get_or_create(&PartitionLabels { partition })
+            .set(size as i64);
+        tracing::info!(partition, id = local.id, next_offset = ?local.next_offset,
+            size, pause_ms = pause.as_millis() as u64, "checkpoint created (local only)");
+        return;
+    };
+    let mut known = handler.checksums().known(partition, target.assignment);
+    let upload_started = Instant::now();
+    let uploaded = upload(
+        &pipeline, &remote, &target, &topic, &local, now_ms, &mut known,
+    )
+    .await;
+    handler
+        .checksums()
+        .remember(partition, target.assignment, known);
+    match uploaded {
+        Ok(Uploaded::Done { manifest, stats }) => {
+            let seconds = upload_started.elapsed().as_secs_f64();
+            metrics.checkpoint_upload_duration.observe(seconds);
+            Metrics::count(&metrics.checkpoint_uploads, "success");
+            let count = |family: &Family<KindLabels, Counter>, kind, value| {
+                family.get_or_create(&KindLabels { kind }).inc_by(value);
+            };
+            count(
+                &metrics.checkpoint_files,
+                "uploaded",
+                stats.files_uploaded as u64,
+            );
+            count(
+                &metrics.checkpoint_files,
+                "reused",
+                stats.files_reused as u64,
+            );
+            count(&metrics.checkpoint_bytes, "uploaded", stats.bytes_uploaded);
+            count(&metrics.checkpoint_bytes, "reused", stats.bytes_reused);
             metrics
                 .checkpoint_size_bytes
                 .get_or_create(&PartitionLabels { partition })
-                .set(size as i64);
-            tracing::info!(partition, id = local.id, next_offset = ?local.next_offset,
-                size, pause_ms = pause.as_millis() as u64, "checkpoint created (local only)");
-            return;
-        };
-        let cache = self.checksums.for_assignment(partition, target.assignment);
-        let upload_started = Instant::now();
-        match upload(&pipeline, &remote, &target, &topic, &local, now_ms, cache).await {
-            Ok(Uploaded::Done { manifest, stats }) => {
-                let seconds = upload_started.elapsed().as_secs_f64();
-                metrics.checkpoint_upload_duration.observe(seconds);
-                Metrics::count(&metrics.checkpoint_uploads, "success");
-                let count = |family: &Family<KindLabels, Counter>, kind, value| {
-                    family.get_or_create(&KindLabels { kind }).inc_by(value);
-                };
-                count(
-                    &metrics.checkpoint_files,
-                    "uploaded",
-                    stats.files_uploaded as u64,
-                );
-                count(
-                    &metrics.checkpoint_files,
-                    "reused",
-                    stats.files_reused as u64,
-                );
-                count(&metrics.checkpoint_bytes, "uploaded", stats.bytes_uploaded);
-                count(&metrics.checkpoint_bytes, "reused", stats.bytes_reused);
-                metrics
-                    .checkpoint_size_bytes
-                    .get_or_create(&PartitionLabels { partition })
-                    .set(manifest.size() as i64);
-                metrics
-                    .checkpoint_remote_age
-                    .get_or_create(&PartitionLabels { partition })
-                    .set(0);
-                tracing::info!(partition, id = manifest.checkpoint_id, next_offset = ?manifest.next_offset,
-                    kind = ?manifest.kind, files_uploaded = stats.files_uploaded,
-                    bytes_uploaded = stats.bytes_uploaded, files_reused = stats.files_reused,
-                    pause_ms = pause.as_millis() as u64, upload_seconds = seconds,
-                    "checkpoint uploaded");
-            }
-            Ok(Uploaded::Fenced) => {
-                Metrics::count(&metrics.checkpoint_uploads, "fenced");
-                tracing::info!(
-                    partition,
-                    id = local.id,
-                    "partition given up during the upload; no manifest published"
-                );
-            }
-            Err(error) => {
-                Metrics::count(&metrics.checkpoint_uploads, "failure");
-                tracing::warn!(partition, id = local.id, %error,
-                    "checkpoint upload failed; retried at the next interval");
-            }
+                .set(manifest.size() as i64);
+            metrics
+                .checkpoint_remote_age
+                .get_or_create(&PartitionLabels { partition })
+                .set(0);
+            tracing::info!(partition, id = manifest.checkpoint_id, next_offset = ?manifest.next_offset,
+                kind = ?manifest.kind, files_uploaded = stats.files_uploaded,
+                bytes_uploaded = stats.bytes_uploaded, files_reused = stats.files_reused,
+                pause_ms = pause.as_millis() as u64, upload_seconds = seconds,
+                last = target.last,
+                "checkpoint uploaded");
+        }
+        Ok(Uploaded::Fenced) => {
+            Metrics::count(&metrics.checkpoint_uploads, "fenced");
+            tracing::info!(
+                partition,
+                id = local.id,
+                "partition given up during the upload; no manifest published"
+            );
+        }
+        Err(error) => {
+            Metrics::count(&metrics.checkpoint_uploads, "failure");
+            tracing::warn!(partition, id = local.id, %error,
+                "checkpoint upload failed; retried at the next interval");
         }
     }
 }

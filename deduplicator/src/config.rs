@@ -170,6 +170,14 @@ pub struct Config {
     #[arg(long, env = env::CHECKPOINT_INTERVAL, default_value = "300s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
 
+    /// On revocation and at shutdown, the longest time spent checkpointing and uploading
+    /// the partitions being given up (all of them at once, after their last offsets are
+    /// committed), so that their next owners restore the current state and replay almost
+    /// nothing. 0 = none: the next owner restores the last periodic checkpoint and
+    /// replays what came after it. Only with a remote and a CHECKPOINT_INTERVAL.
+    #[arg(long, env = env::FINAL_CHECKPOINT_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
+    pub final_checkpoint_timeout: Duration,
+
     /// Base path of local checkpoints (`{LOCAL_CHECKPOINT_DIR}/{topic}_{partition}/{id}`).
     /// Must be on the store's filesystem: checkpoints are hard links.
     #[arg(long, env = env::LOCAL_CHECKPOINT_DIR, default_value = "./checkpoints")]
@@ -434,6 +442,7 @@ mod tests {
         assert_eq!(config.max_store_capacity, 0);
         assert_eq!(config.dedup_window, Duration::from_secs(86_400));
         assert_eq!(config.checkpoint_interval, Duration::from_secs(300));
+        assert_eq!(config.final_checkpoint_timeout, Duration::from_secs(10));
         assert_eq!(config.local_checkpoint_dir, PathBuf::from("./checkpoints"));
         assert_eq!(config.remote.s3_bucket, None);
         assert_eq!(config.remote.s3_key_prefix, "deduplication-checkpoints");
@@ -470,6 +479,11 @@ mod tests {
             (
                 &["--checkpoint-interval", "often"][..],
                 "CHECKPOINT_INTERVAL",
+                "with a unit",
+            ),
+            (
+                &["--final-checkpoint-timeout", "soon"][..],
+                "FINAL_CHECKPOINT_TIMEOUT",
                 "with a unit",
             ),
             (

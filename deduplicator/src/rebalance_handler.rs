@@ -2,11 +2,13 @@
 //!
 //! Revocation: fence the partition (its worker takes no new message), let in-flight
 //! messages drain (bounded by `REBALANCE_DRAIN_TIMEOUT`), commit its final offset
-//! synchronously, flush and close its store. Only then is the partition given up, so
-//! the next owner starts exactly where this one stopped. The callback is bounded for
+//! synchronously, upload a last checkpoint of its store (with a remote, bounded by
+//! `FINAL_CHECKPOINT_TIMEOUT`, not when the assignment was lost), flush and close its
+//! store. Only then is the partition given up, so the next owner starts exactly where
+//! this one stopped, from a store as recent as the commit. The callback is bounded for
 //! all its partitions together, whatever their number: `CHECKPOINT_LOCK_WAIT` (30 s) +
 //! `REBALANCE_DRAIN_TIMEOUT` + `FINAL_STORE_CALL_ALLOWANCE` (5 s) + the commit +
-//! `STORE_CLOSE_WAIT` (60 s) at most.
+//! `FINAL_CHECKPOINT_TIMEOUT` + `STORE_CLOSE_WAIT` (60 s) at most.
 //!
 //! Assignment: open the partition's store, compare the offset it is consistent with
 //! against the group's committed offset, and when the store is behind, start consuming
@@ -40,7 +42,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::checkpoint_exporter::CHECKPOINT_LOCK_WAIT;
+use crate::checkpoint_exporter::{ChecksumCache, CHECKPOINT_LOCK_WAIT};
 use crate::message_tracker::PartitionTracker;
 use crate::metrics::{KindLabels, PartitionLabels};
 use crate::partition_restore::{
@@ -183,6 +185,8 @@ pub struct ExportTarget {
     pub fence: watch::Receiver<bool>,
     /// Take it, then check the fence, before publishing a manifest or collecting garbage.
     pub checkpoint_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The final checkpoint of a partition being given up (its offsets committed).
+    pub last: bool,
 }
 
 pub struct RebalanceHandler {
@@ -200,6 +204,7 @@ pub struct RebalanceHandler {
     owners: watch::Sender<Vec<i32>>,
     /// Subscribed at creation, so that no rebalance is missed.
     owners_rx: Mutex<Option<watch::Receiver<Vec<i32>>>>,
+    checksums: Mutex<ChecksumCache>,
 }
 
 impl RebalanceHandler {
@@ -215,7 +220,15 @@ impl RebalanceHandler {
             applied: watch::channel(0).0,
             owners,
             owners_rx: Mutex::new(Some(owners_rx)),
+            checksums: Mutex::new(ChecksumCache::default()),
         }
+    }
+
+    /// Checksums of SSTs already computed, shared by the periodic and final checkpoints.
+    pub(crate) fn checksums(&self) -> MutexGuard<'_, ChecksumCache> {
+        self.checksums
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The partitions owned after each rebalance (not emptied by shutdown: the record
@@ -266,6 +279,7 @@ impl RebalanceHandler {
                     store: Arc::downgrade(s),
                     fence: h.fence.subscribe(),
                     checkpoint_lock: Arc::clone(&h.checkpoint_lock),
+                    last: false,
                 })
             })
             .collect();
@@ -561,6 +575,7 @@ impl RebalanceHandler {
         let topic = self.pipeline.config.kafka_consumer_topic.clone();
         let mut offsets = TopicPartitionList::new();
         let mut stores = Vec::new();
+        let mut finals = Vec::new();
         for (partition, handle) in handles {
             let abort = handle.task.abort_handle();
             let exit = self.block_on(async {
@@ -590,6 +605,16 @@ impl RebalanceHandler {
             }
             if let Some(store) = handle.store.get() {
                 stores.push((partition, Arc::clone(store)));
+                finals.push(ExportTarget {
+                    partition,
+                    assignment: handle.assignment,
+                    store: Arc::downgrade(store),
+                    // Unfenced: the partition is still this member's until the callback
+                    // returns (the periodic exporter sees the handle's fence).
+                    fence: watch::channel(false).1,
+                    checkpoint_lock: Arc::clone(&handle.checkpoint_lock),
+                    last: true,
+                });
             }
         }
         if offsets.count() > 0 {
@@ -597,6 +622,9 @@ impl RebalanceHandler {
                 self.pipeline.metrics.kafka_errors.inc();
                 tracing::warn!(%error, "committing revoked partitions failed; their next owner will see redeliveries");
             }
+        }
+        if !consumer.assignment_lost() {
+            self.final_checkpoints(finals);
         }
         let closed_by = std::time::Instant::now() + STORE_CLOSE_WAIT;
         for (partition, store) in stores {
@@ -606,6 +634,47 @@ impl RebalanceHandler {
             .metrics
             .assigned_partitions
             .set(self.partitions().len() as i64);
+    }
+
+    /// A last checkpoint of each partition being given up, all at once, within
+    /// `FINAL_CHECKPOINT_TIMEOUT`: its next owner restores it and replays almost nothing.
+    /// Each commits its manifest under the partition's checkpoint lock, as the periodic
+    /// ones do; what is not done in time is cancelled (the next owner then restores the
+    /// last periodic checkpoint and replays the rest).
+    fn final_checkpoints(&self, targets: Vec<ExportTarget>) {
+        let config = &self.pipeline.config;
+        let timeout = config.final_checkpoint_timeout;
+        if targets.is_empty()
+            || timeout.is_zero()
+            || config.checkpoint_interval.is_zero()
+            || self.pipeline.remote.is_none()
+        {
+            return;
+        }
+        let partitions: Vec<i32> = targets.iter().map(|t| t.partition).collect();
+        let started = std::time::Instant::now();
+        let exports = targets
+            .into_iter()
+            .map(|target| crate::checkpoint_exporter::export(self, target));
+        let done = self.block_on(tokio::time::timeout(
+            timeout,
+            futures_util::future::join_all(exports),
+        ));
+        match done {
+            Ok(_) => tracing::info!(
+                ?partitions,
+                seconds = started.elapsed().as_secs_f64(),
+                "final checkpoints of the partitions given up"
+            ),
+            Err(_) => {
+                crate::metrics::Metrics::count(
+                    &self.pipeline.metrics.checkpoint_uploads,
+                    "final_timed_out",
+                );
+                tracing::warn!(?partitions, ?timeout,
+                    "final checkpoints not done within FINAL_CHECKPOINT_TIMEOUT; cancelled: the next owners restore older checkpoints and replay the rest");
+            }
+        }
     }
 
     /// Revokes everything owned (shutdown).

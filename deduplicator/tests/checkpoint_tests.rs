@@ -120,6 +120,71 @@ fn partition_state_travels_through_s3_to_a_process_with_its_own_store() {
     );
 }
 
+/// A partition given up (to a new member, then at shutdown) takes its current state with
+/// it: a last checkpoint is uploaded after its final commit (`FINAL_CHECKPOINT_TIMEOUT`),
+/// so its next owner restores that and replays nothing. The periodic interval is far
+/// beyond the test: the final checkpoints are the only ones.
+#[test]
+fn a_partition_given_up_takes_its_current_state_with_it() {
+    let Some(s3) = test_s3() else { return };
+    assert!(s3.create_bucket(), "create bucket {}", s3.bucket);
+    let kafka = TestKafka::start();
+    let input = kafka.topic("in", PARTITIONS);
+    let output = kafka.topic("out", PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |pod: &str| {
+        DedupSpec::checkpointing_pod(&kafka, &input, &output, dir.path(), pod, &s3)
+            .env("CHECKPOINT_INTERVAL", "1h")
+    };
+    let events = generate(3_000, 20, PARTITIONS, 21, "f1");
+    let mut a = spec("dedup-a").spawn(dir.path(), "a");
+    produce(&kafka, &input, &events);
+    a.wait_until("everything committed", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= events.len() as f64 - 0.5
+            && d.metric("dedup_in_flight_messages") == 0.0
+    });
+
+    // b has its own, empty, store directory: the state can only come through S3.
+    let mut b = spec("dedup-b").spawn(dir.path(), "b");
+    b.wait_until("b owns partitions", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") >= 1.0
+    });
+    a.wait_until("a gave some up", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") < PARTITIONS as f64
+    });
+    assert!(a.terminate().success());
+    b.wait_until("b owns everything", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") >= PARTITIONS as f64
+    });
+    let copies = copies_of(&events, "f1-copy");
+    produce(&kafka, &input, &copies);
+    let total = (events.len() + copies.len()) as f64;
+    b.wait_until("everything committed", WAIT, |d| {
+        d.metric("dedup_committed_offset") >= total - 0.5
+            && d.metric("dedup_in_flight_messages") == 0.0
+    });
+    assert_eq!(
+        b.metric("dedup_restores_total{result=\"restored"),
+        PARTITIONS as f64,
+        "every partition restored from a's final checkpoints\n{}",
+        b.log_tail()
+    );
+    assert_eq!(
+        b.metric("dedup_catch_up_messages_total"),
+        0.0,
+        "nothing replayed: the checkpoints were as recent as the commits"
+    );
+    assert!(
+        b.metric("dedup_events_total{outcome=\"duplicate\"}") >= copies.len() as f64,
+        "every copy of an event seen before the handover is a duplicate"
+    );
+    assert!(b.terminate().success());
+    let all: Vec<GenEvent> = events.iter().chain(&copies).cloned().collect();
+    let unique = unique_keys(&all).len();
+    let published = kafka.read_all(&output, PARTITIONS, unique, Duration::from_secs(2));
+    verify_no_loss(&all, &published);
+}
+
 /// A `moto_server` of this test's own, so that it can be started late and stopped.
 struct OwnS3 {
     child: Child,

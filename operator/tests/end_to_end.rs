@@ -223,6 +223,7 @@ impl Scenario {
         let agent = NodeAgent::start(client.clone()).await;
         let operator = Operator::start(&ns.name);
         let name = "events".to_string();
+        let group = format!("e2e-{suffix}");
         let (node_selector, tolerations) = agent.placement();
         let cluster = json!({
             "apiVersion": "kafka-deduplicator.dev/v1alpha1",
@@ -238,6 +239,9 @@ impl Scenario {
                     "bootstrapServers": bootstrap,
                     "inputTopic": input,
                     "outputTopic": output,
+                    // A group of the scenario's own: two scenarios' pods have the same
+                    // names, which are their static member ids.
+                    "consumerGroup": group,
                     // A shorter session than the default 45 s: a static member that left
                     // (scaled down) gives its partitions back sooner, and CI stays short.
                     "properties": {"session.timeout.ms": "10000"},
@@ -258,7 +262,6 @@ impl Scenario {
         });
         kubectl_in(&["apply", "-f", "-"], Some(&cluster.to_string()));
         let scraped = Arc::new(Mutex::new(Scraped::default()));
-        let group = name.clone();
         Some(Self {
             client,
             ns,
