@@ -16,6 +16,9 @@
 //!
 //! A failed upload is counted, logged and tried again at the next interval (with a new
 //! checkpoint); consumption never waits for it.
+//!
+//! The final checkpoint of a partition being given up goes through [`export`] too,
+//! from the revocation ([`crate::rebalance_handler`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,8 +32,8 @@ use dedup_core::checkpoint::{self, transfer, LocalCheckpoint};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use crate::context::Context;
 use crate::metrics::{KindLabels, Metrics, PartitionLabels};
-use crate::pipeline::Pipeline;
 use crate::rebalance_handler::{ExportTarget, RebalanceHandler};
 
 /// Checksums of immutable files (SSTs) already computed, by name and size, per
@@ -83,7 +86,7 @@ impl CheckpointExporter {
 
     /// Runs until aborted.
     pub async fn run(mut self) {
-        let interval = self.handler.pipeline.config.checkpoint_interval;
+        let interval = self.handler.context.config.checkpoint_interval;
         if interval.is_zero() {
             tracing::info!("checkpoints disabled (CHECKPOINT_INTERVAL=0)");
             return;
@@ -113,9 +116,9 @@ impl CheckpointExporter {
 /// One checkpoint of `target`'s store, uploaded when there is a remote: periodic, or the
 /// final one of a partition being given up ([`ExportTarget::last`]).
 pub async fn export(handler: &RebalanceHandler, target: ExportTarget) {
-    let pipeline = Arc::clone(&handler.pipeline);
-    let config = &pipeline.config;
-    let metrics = &pipeline.metrics;
+    let context = Arc::clone(&handler.context);
+    let config = &context.config;
+    let metrics = &context.metrics;
     let partition = target.partition;
     let topic = config.kafka_consumer_topic.clone();
     let dir = checkpoint::partition_dir(&config.local_checkpoint_dir, &topic, partition);
@@ -156,7 +159,7 @@ pub async fn export(handler: &RebalanceHandler, target: ExportTarget) {
         }
     }
 
-    let Some(remote) = pipeline.remote.clone() else {
+    let Some(remote) = context.remote.clone() else {
         let size = dir_size(&local.dir);
         metrics
             .checkpoint_size_bytes
@@ -169,7 +172,7 @@ pub async fn export(handler: &RebalanceHandler, target: ExportTarget) {
     let mut known = handler.checksums().known(partition, target.assignment);
     let upload_started = Instant::now();
     let uploaded = upload(
-        &pipeline, &remote, &target, &topic, &local, now_ms, &mut known,
+        &context, &remote, &target, &topic, &local, now_ms, &mut known,
     )
     .await;
     handler
@@ -235,7 +238,7 @@ enum Uploaded {
 }
 
 async fn upload(
-    pipeline: &Pipeline,
+    context: &Context,
     remote: &Remote,
     target: &ExportTarget,
     topic: &str,
@@ -243,12 +246,12 @@ async fn upload(
     now_ms: i64,
     checksums: &mut Checksums,
 ) -> Result<Uploaded, RemoteError> {
-    let config = &pipeline.config;
+    let config = &context.config;
     let prefix = &config.remote.s3_key_prefix;
     let partition = target.partition;
     let state = transfer::remote_state(remote, prefix, topic, partition).await?;
     if let Some(newest) = &state.newest {
-        pipeline
+        context
             .metrics
             .checkpoint_remote_age
             .get_or_create(&PartitionLabels { partition })
@@ -313,7 +316,7 @@ async fn upload(
     };
     match gc {
         Ok(gc) => {
-            let metrics = &pipeline.metrics;
+            let metrics = &context.metrics;
             metrics
                 .checkpoint_gc_deleted
                 .get_or_create(&KindLabels { kind: "manifest" })
@@ -406,84 +409,11 @@ fn dir_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// Keeps `owners/{consumer_group}/{pod_name}.json` up to date with the partitions this
-/// pod owns after each rebalance, and rewrites it every CHECKPOINT_INTERVAL (its
-/// `updated_at_ms` says the pod is alive): the restorer reads it before the pod's next
-/// start, and ignores a record older than OWNER_RECORD_MAX_AGE (a pod that was gone long
-/// enough for its partitions to move, e.g. scaled down and up again).
-pub async fn owner_record_loop(handler: Arc<RebalanceHandler>) {
-    let pipeline = Arc::clone(&handler.pipeline);
-    let config = &pipeline.config;
-    let (Some(remote), Some(pod)) = (pipeline.remote.clone(), config.pod_name.clone()) else {
-        return;
-    };
-    let key = dedup_core::checkpoint::manifest::owner_key(
-        &config.remote.s3_key_prefix,
-        &config.kafka_consumer_group,
-        &pod,
-    );
-    let mut owners = handler.owners();
-    let mut pending = false;
-    let refresh = Some(config.checkpoint_interval).filter(|i| !i.is_zero());
-    let mut written = false;
-    loop {
-        if !pending {
-            let changed = match refresh {
-                Some(every) => tokio::select! {
-                    changed = owners.changed() => Some(changed),
-                    _ = tokio::time::sleep(every) => None,
-                },
-                None => Some(owners.changed().await),
-            };
-            match changed {
-                Some(Err(_)) => return,
-                // Refresh only a record this process has written (its assignment).
-                None if !written => continue,
-                _ => {}
-            }
-        }
-        pending = false;
-        let partitions = owners.borrow_and_update().clone();
-        let record = dedup_core::checkpoint::manifest::OwnerRecord {
-            format_version: dedup_core::checkpoint::manifest::MANIFEST_FORMAT_VERSION,
-            consumer_group: config.kafka_consumer_group.clone(),
-            pod_name: pod.clone(),
-            topic: config.kafka_consumer_topic.clone(),
-            partitions: partitions.clone(),
-            updated_at_ms: now_ms(),
-        };
-        let Ok(bytes) = record.to_json() else {
-            continue;
-        };
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            match remote.put_bytes(&key, bytes.clone()).await {
-                Ok(()) => {
-                    Metrics::count(&pipeline.metrics.owner_record_writes, "success");
-                    tracing::info!(key, ?partitions, "ownership record written");
-                    written = true;
-                    break;
-                }
-                Err(error) => {
-                    Metrics::count(&pipeline.metrics.owner_record_writes, "failure");
-                    tracing::warn!(key, %error, ?backoff, "writing the ownership record failed; retrying");
-                    // A newer assignment supersedes this record.
-                    if let Ok(Ok(())) = tokio::time::timeout(backoff, owners.changed()).await {
-                        pending = true;
-                        break;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -2,25 +2,30 @@
 //! event once, keeping per-partition state in RocksDB ([`dedup_core::store`]).
 //!
 //! - [`stateful_consumer`]: `StatefulKafkaConsumer`, the main loop and shutdown.
+//! - [`kafka_context`]: the consumer type and its librdkafka callbacks (rebalances,
+//!   statistics, errors).
 //! - [`rebalance_handler`]: `RebalanceHandler`, partition assignment and revocation.
 //! - [`partition_restore`]: restore-on-assignment and where a partition starts.
 //! - [`partition_worker`]: the task that owns one partition.
 //! - [`checkpoint_exporter`]: `CheckpointExporter`, periodic checkpoints and uploads, and
-//!   the ownership record.
+//!   the final one of a partition given up.
+//! - [`ownership_record`]: which partitions this pod owns, for its restorer.
 //! - [`message_tracker`]: `MessageTracker`, ackable messages and in-order commits.
 //! - [`publisher`]: output and dead-letter producer.
 //! - [`transactional_publisher`]: `TransactionalPublisher`, exactly-once output: one
 //!   transaction per partition carrying its output and its consumed offsets.
-//! - [`config`], [`metrics`], [`pipeline`]: settings, Prometheus metrics, shared state.
+//! - [`config`], [`metrics`], [`context`]: settings, Prometheus metrics, shared state.
 //! - [`quickstart`]: the pipeline on an embedded Kafka and generated events, checked.
 
 pub mod checkpoint_exporter;
 pub mod config;
+pub mod context;
+pub mod kafka_context;
 pub mod message_tracker;
 pub mod metrics;
+pub mod ownership_record;
 pub mod partition_restore;
 pub mod partition_worker;
-pub mod pipeline;
 pub mod publisher;
 pub mod quickstart;
 pub mod rebalance_handler;

@@ -15,9 +15,9 @@ use dedup_core::store::PartitionStore;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::context::Context;
+use crate::kafka_context::DedupConsumer;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
-use crate::rebalance_handler::DedupConsumer;
 
 /// Bound of the consumer calls made here (pause, seek, resume, committed offsets).
 const CONSUMER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +142,7 @@ pub struct Prepared {
 /// moving consumption back to the store's offset when it is behind. `None` if the store
 /// cannot be opened (the process then reports unhealthy and does not consume it).
 pub async fn prepare_store(
-    pipeline: &Arc<Pipeline>,
+    context: &Arc<Context>,
     consumer: &Arc<DedupConsumer>,
     topic: &str,
     partition: i32,
@@ -150,8 +150,8 @@ pub async fn prepare_store(
     opened: Option<PartitionStore>,
 ) -> Option<Prepared> {
     let started = Instant::now();
-    let config = &pipeline.config;
-    let metrics = &pipeline.metrics;
+    let config = &context.config;
+    let metrics = &context.metrics;
     let dir = PartitionStore::dir_for(&config.store_path, topic, partition);
     let one = partition_list(topic, partition);
     let paused = {
@@ -164,15 +164,15 @@ pub async fn prepare_store(
     }
     let committed = match committed {
         Committed::Known(committed) => committed,
-        Committed::Unknown => read_committed(pipeline, consumer, topic, partition).await,
+        Committed::Unknown => read_committed(context, consumer, topic, partition).await,
     };
 
-    if let (Some(loader), None) = (&pipeline.loader, &opened) {
+    if let (Some(loader), None) = (&context.loader, &opened) {
         let local = {
             let (dir, settings, resources) = (
                 dir.clone(),
                 config.store_settings(),
-                pipeline.resources.clone(),
+                context.resources.clone(),
             );
             blocking(move || local_next_offset(&dir, &settings, &resources)).await
         };
@@ -186,7 +186,7 @@ pub async fn prepare_store(
             None => None,
         };
         let outcome = loader.load(topic, partition, &dir, local).await;
-        report(pipeline, partition, local, &outcome, started);
+        report(context, partition, local, &outcome, started);
     }
 
     let opened = match opened {
@@ -195,7 +195,7 @@ pub async fn prepare_store(
             let (dir, settings, resources) = (
                 dir.clone(),
                 config.store_settings(),
-                pipeline.resources.clone(),
+                context.resources.clone(),
             );
             blocking(move || PartitionStore::open(dir, &settings, &resources)).await
         }
@@ -203,7 +203,7 @@ pub async fn prepare_store(
     let store = match opened {
         Some(Ok(store)) => store,
         Some(Err(error)) => {
-            pipeline.store_failed(partition, &error);
+            context.store_failed(partition, &error);
             tracing::error!(partition, %error, "cannot open the partition store; not consuming it");
             return None;
         }
@@ -211,12 +211,12 @@ pub async fn prepare_store(
     };
     let rebuild_from = match committed {
         Some(committed) if is_new(&store) => {
-            rebuild_start(pipeline, consumer, topic, partition, committed).await
+            rebuild_start(context, consumer, topic, partition, committed).await
         }
         _ => None,
     };
     let plan = plan_start(&store, partition, committed, rebuild_from);
-    count_catch_up(pipeline, &plan, rebuild_from.is_some());
+    count_catch_up(context, &plan, rebuild_from.is_some());
     let mut catch_up_until = plan.catch_up_until;
     if let Some(start) = plan.start {
         let consumer = Arc::clone(consumer);
@@ -260,10 +260,10 @@ pub fn is_new(store: &PartitionStore) -> bool {
 }
 
 /// Counts a planned catch-up replay by its reason.
-pub fn count_catch_up(pipeline: &Pipeline, plan: &StartPlan, new_store: bool) {
+pub fn count_catch_up(context: &Context, plan: &StartPlan, new_store: bool) {
     if plan.catch_up_until.is_some() {
         let kind = if new_store { "new_store" } else { "behind" };
-        pipeline
+        context
             .metrics
             .catch_up_replays
             .get_or_create(&crate::metrics::KindLabels { kind })
@@ -277,13 +277,13 @@ pub fn count_catch_up(pipeline: &Pipeline, plan: &StartPlan, new_store: bool) {
 /// CATCH_UP_MAX_MESSAGES before `committed`. `None`: no replay (disabled, nothing in the
 /// window, or the lookup failed, which is logged).
 async fn rebuild_start(
-    pipeline: &Pipeline,
+    context: &Context,
     consumer: &Arc<DedupConsumer>,
     topic: &str,
     partition: i32,
     committed: i64,
 ) -> Option<i64> {
-    let config = &pipeline.config;
+    let config = &context.config;
     if config.catch_up_max_messages == 0 || committed <= 0 {
         return None;
     }
@@ -312,7 +312,7 @@ async fn rebuild_start(
             _ => return None,
         },
         other => {
-            pipeline.metrics.kafka_errors.inc();
+            context.metrics.kafka_errors.inc();
             tracing::error!(partition, result = ?other.map(|r| r.map(|_| ())), "cannot look up the offset of the window's start; the new store starts empty at the committed offset, and copies of earlier events may pass");
             return None;
         }
@@ -333,7 +333,7 @@ async fn rebuild_start(
 /// Reads the group's committed offset of one partition, retrying with backoff until the
 /// coordinator answers (the caller drops this future when the partition is revoked).
 async fn read_committed(
-    pipeline: &Pipeline,
+    context: &Context,
     consumer: &Arc<DedupConsumer>,
     topic: &str,
     partition: i32,
@@ -358,7 +358,7 @@ async fn read_committed(
             }
             other => {
                 failures += 1;
-                pipeline.metrics.kafka_errors.inc();
+                context.metrics.kafka_errors.inc();
                 let error = match other {
                     Some(Err(error)) => error.to_string(),
                     _ => "task failed".to_string(),
@@ -376,13 +376,13 @@ async fn read_committed(
 }
 
 fn report(
-    pipeline: &Pipeline,
+    context: &Context,
     partition: i32,
     local: Option<i64>,
     outcome: &LoadOutcome,
     started: Instant,
 ) {
-    let metrics = &pipeline.metrics;
+    let metrics = &context.metrics;
     let seconds = started.elapsed().as_secs_f64();
     metrics.restore_duration.observe(seconds);
     Metrics::count(&metrics.restores, outcome.label());

@@ -24,11 +24,11 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::context::Context;
+use crate::kafka_context::{DedupConsumer, PartitionQueue};
 use crate::message_tracker::{AckableMessage, PartitionTracker, Reservation};
 use crate::metrics::{MalformedLabels, Metrics, PartitionLabels};
-use crate::pipeline::Pipeline;
 use crate::publisher::{forget_dead_lettered, Delivered, Target};
-use crate::rebalance_handler::{DedupConsumer, PartitionQueue};
 use crate::transactional_publisher::{TransactionError, TransactionalPublisher};
 
 /// How a worker ended: the next offset to commit, if it moved.
@@ -43,7 +43,7 @@ pub struct PartitionWorker {
     pub queue: PartitionQueue,
     pub store: Arc<PartitionStore>,
     pub tracker: Arc<PartitionTracker>,
-    pub pipeline: Arc<Pipeline>,
+    pub context: Arc<Context>,
     pub consumer: Arc<DedupConsumer>,
     pub catch_up_until: Option<i64>,
     pub fence: watch::Receiver<bool>,
@@ -64,7 +64,7 @@ impl PartitionWorker {
         // even while this task waits for room itself.
         let mut deliveries: JoinSet<()> = JoinSet::new();
         let mut stored: Option<i64> = None;
-        let batch_size = self.pipeline.config.batch_size as usize;
+        let batch_size = self.context.config.batch_size as usize;
         loop {
             let commit_due = self.transactions.as_ref().and_then(|t| t.deadline());
             let first = tokio::select! {
@@ -92,7 +92,7 @@ impl PartitionWorker {
                 let reservation = tokio::select! {
                     biased;
                     _ = fenced(&mut fence) => break,
-                    reservation = self.pipeline.tracker.reserve() => reservation,
+                    reservation = self.context.tracker.reserve() => reservation,
                 };
                 // A batch never takes a transaction past TRANSACTION_MAX_MESSAGES.
                 let batch_size = self
@@ -102,7 +102,7 @@ impl PartitionWorker {
                 let mut batch = Vec::with_capacity(batch_size);
                 batch.push((reservation, first));
                 while batch.len() < batch_size {
-                    let Some(reservation) = self.pipeline.tracker.try_reserve() else {
+                    let Some(reservation) = self.context.tracker.try_reserve() else {
                         break;
                     };
                     let Some(next) = self.queue.recv().now_or_never() else {
@@ -126,14 +126,14 @@ impl PartitionWorker {
             // Revoked: commit what is open, within the drain bound; past it, abort (the
             // next owner publishes those messages again, once).
             let give_up_at =
-                std::time::Instant::now() + self.pipeline.config.rebalance_drain_timeout;
+                std::time::Instant::now() + self.context.config.rebalance_drain_timeout;
             self.commit_transaction(Some(give_up_at)).await;
             self.write_finished();
             return WorkerExit { committable: None };
         }
 
         // Fenced: take nothing new, let in-flight deliveries finish within the bound.
-        let deadline = tokio::time::Instant::now() + self.pipeline.config.rebalance_drain_timeout;
+        let deadline = tokio::time::Instant::now() + self.context.config.rebalance_drain_timeout;
         while !deliveries.is_empty() {
             match tokio::time::timeout_at(deadline, deliveries.join_next()).await {
                 Ok(_) => self.store_committable(&mut stored),
@@ -180,7 +180,7 @@ impl PartitionWorker {
                 // live), and the partition's messages are consumed again from its
                 // committed offset.
                 tracing::error!(partition = self.partition, %error, "exactly-once output failed; this partition stops");
-                self.pipeline
+                self.context
                     .health
                     .set_not_live(format!("partition {}: {error}", self.partition));
                 false
@@ -197,7 +197,7 @@ impl PartitionWorker {
     fn fenced_out(&mut self) -> WorkerExit {
         self.write_finished();
         self.tracker.fence();
-        self.pipeline
+        self.context
             .health
             .set_not_ready("a partition's transactional producer was fenced");
         WorkerExit { committable: None }
@@ -210,7 +210,7 @@ impl PartitionWorker {
         match received {
             Ok(message) => Some(message.detach()),
             Err(error) => {
-                self.pipeline.metrics.kafka_errors.inc();
+                self.context.metrics.kafka_errors.inc();
                 tracing::warn!(partition = self.partition, %error, "error on the partition queue");
                 None
             }
@@ -222,8 +222,8 @@ impl PartitionWorker {
         batch: Vec<(Reservation, OwnedMessage)>,
         deliveries: &mut JoinSet<()>,
     ) {
-        let pipeline = Arc::clone(&self.pipeline);
-        let metrics = &pipeline.metrics;
+        let context = Arc::clone(&self.context);
+        let metrics = &context.metrics;
         metrics.messages_in.inc_by(batch.len() as u64);
         let Some(last_offset) = batch.last().map(|(_, m)| m.offset()) else {
             return;
@@ -237,7 +237,7 @@ impl PartitionWorker {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let skew = self.pipeline.config.max_event_time_skew;
+        let skew = self.context.config.max_event_time_skew;
         let parsed: Vec<_> = messages
             .iter()
             .map(|(_, message)| {
@@ -255,7 +255,7 @@ impl PartitionWorker {
         };
         let consumed = messages.len();
 
-        let publisher = &self.pipeline.publisher;
+        let publisher = &self.context.publisher;
         let mut outcomes = outcomes.into_iter();
         for ((ackable, message), key) in messages.into_iter().zip(parsed) {
             let stored_key = key.as_ref().ok().copied();
@@ -319,7 +319,7 @@ impl PartitionWorker {
                 Some(first) => {
                     let publisher = Arc::clone(publisher);
                     let metrics = Arc::clone(metrics);
-                    let max_attempts = self.pipeline.config.publish_max_attempts;
+                    let max_attempts = self.context.config.publish_max_attempts;
                     // Only an output message can end in the dead-letter topic by failing.
                     let forget = stored_key
                         .filter(|_| target == Target::Output && publisher.has_dead_letter())
@@ -396,7 +396,7 @@ impl PartitionWorker {
                 Ok((_, Ok(outcomes))) => {
                     if failures > 0 {
                         tracing::info!(partition = self.partition, "partition store recovered");
-                        self.pipeline.store_recovered(self.partition);
+                        self.context.store_recovered(self.partition);
                     }
                     if self.finished == finished {
                         self.finished = None;
@@ -411,7 +411,7 @@ impl PartitionWorker {
                 // decided, and nothing of it is published or committed.
                 Err(error) => {
                     tracing::error!(partition = self.partition, %error, "partition store call failed; its messages are abandoned to a restart");
-                    self.pipeline.health.set_not_live(format!(
+                    self.context.health.set_not_live(format!(
                         "partition {}: store call failed: {error}",
                         self.partition
                     ));
@@ -419,9 +419,9 @@ impl PartitionWorker {
                 }
             };
             failures += 1;
-            self.pipeline.metrics.store_errors.inc();
+            self.context.metrics.store_errors.inc();
             tracing::error!(partition = self.partition, %error, failures, "partition store write failed; retrying");
-            self.pipeline.store_failed(self.partition, &error);
+            self.context.store_failed(self.partition, &error);
             let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
             let mut fence = self.fence.clone();
             tokio::select! {
@@ -446,7 +446,7 @@ impl PartitionWorker {
             return;
         };
         if let Err(error) = self.store.record_finished_offset(next) {
-            self.pipeline.metrics.store_errors.inc();
+            self.context.metrics.store_errors.inc();
             tracing::warn!(partition = self.partition, %error, "cannot record the finished offset in the store");
         }
     }
@@ -472,7 +472,7 @@ impl PartitionWorker {
             Ok(()) => {
                 *stored = Some(next);
                 self.record_finished(next);
-                self.pipeline
+                self.context
                     .metrics
                     .committed_offset
                     .get_or_create(&PartitionLabels {

@@ -31,29 +31,24 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use dedup_core::store::PartitionStore;
-use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::checkpoint_exporter::{ChecksumCache, CHECKPOINT_LOCK_WAIT};
+use crate::context::Context;
+use crate::kafka_context::{DedupConsumer, DedupContext, PartitionQueue};
 use crate::message_tracker::PartitionTracker;
 use crate::metrics::{KindLabels, PartitionLabels};
 use crate::partition_restore::{
     count_catch_up, is_new, offset_in, plan_start, prepare_store, Committed, Prepared,
 };
 use crate::partition_worker::{fenced, PartitionWorker, WorkerExit};
-use crate::pipeline::Pipeline;
 use crate::transactional_publisher::TransactionalPublisher;
-
-pub type DedupConsumer = rdkafka::consumer::StreamConsumer<DedupContext>;
-pub type PartitionQueue = StreamPartitionQueue<DedupContext>;
 
 /// How long a revocation waits, for all its partitions together, for the retention
 /// task or a checkpoint to let go of the stores it closes (RocksDB allows one open
@@ -70,93 +65,6 @@ const TRANSACTIONS_RETRY_STEP: Duration = Duration::from_millis(500);
 
 /// How long to wait for the group coordinator's committed offsets on assignment.
 const COMMITTED_OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The consumer's context: routes rebalances to the [`RebalanceHandler`] and client
-/// statistics and errors to metrics.
-pub struct DedupContext {
-    pub handler: Arc<RebalanceHandler>,
-}
-
-impl ClientContext for DedupContext {
-    fn stats(&self, statistics: Statistics) {
-        let metrics = &self.handler.pipeline.metrics;
-        for topic in statistics.topics.values() {
-            for partition in topic.partitions.values() {
-                if partition.partition >= 0 && partition.consumer_lag >= 0 {
-                    metrics
-                        .consumer_lag
-                        .get_or_create(&PartitionLabels {
-                            partition: partition.partition,
-                        })
-                        .set(partition.consumer_lag);
-                }
-            }
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.handler.pipeline.metrics.kafka_errors.inc();
-        tracing::error!(%error, reason, "kafka client error");
-    }
-}
-
-impl ConsumerContext for DedupContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        let handler = &self.handler;
-        let result = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                handler.count("assign");
-                let generation = handler.assign(consumer, tpl);
-                let result = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                handler.applied.send_replace(generation);
-                handler.publish_owned();
-                result
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                handler.count("revoke");
-                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                if consumer.assignment_lost() {
-                    // The group moved on without this member (a missed session, a
-                    // generation it never joined): a commit would be refused, and the
-                    // partitions' new owners start at the last commit that got through.
-                    handler.count("lost");
-                    tracing::warn!(?partitions, "partitions lost: the group reassigned them without this member; their new owners will see redeliveries");
-                }
-                handler.revoke(consumer, partitions);
-                handler.publish_owned();
-                if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                }
-            }
-            other => {
-                handler.count("error");
-                tracing::error!(error = ?other, "rebalance error; giving up every partition");
-                handler.revoke(consumer, handler.owned());
-                consumer.unassign()
-            }
-        };
-        if let Err(error) = result {
-            handler.pipeline.metrics.kafka_errors.inc();
-            tracing::error!(%error, "applying the rebalance failed");
-        }
-        handler.pipeline.health.set_ready();
-    }
-}
 
 /// The store of a partition, once it is ready (at once without a remote, after the
 /// restore check with one).
@@ -190,7 +98,7 @@ pub struct ExportTarget {
 }
 
 pub struct RebalanceHandler {
-    pub pipeline: Arc<Pipeline>,
+    pub context: Arc<Context>,
     consumer: OnceLock<Weak<DedupConsumer>>,
     partitions: Mutex<HashMap<i32, PartitionHandle>>,
     runtime: Handle,
@@ -199,7 +107,7 @@ pub struct RebalanceHandler {
     generation: AtomicU64,
     /// Counts partition assignments (each partition's own), for [`ExportTarget::assignment`].
     assignments: AtomicU64,
-    applied: watch::Sender<u64>,
+    pub(crate) applied: watch::Sender<u64>,
     /// The partitions owned after the latest rebalance (for the ownership record).
     owners: watch::Sender<Vec<i32>>,
     /// Subscribed at creation, so that no rebalance is missed.
@@ -208,10 +116,10 @@ pub struct RebalanceHandler {
 }
 
 impl RebalanceHandler {
-    pub fn new(pipeline: Arc<Pipeline>, runtime: Handle) -> Self {
+    pub fn new(context: Arc<Context>, runtime: Handle) -> Self {
         let (owners, owners_rx) = watch::channel(Vec::new());
         Self {
-            pipeline,
+            context,
             consumer: OnceLock::new(),
             partitions: Mutex::new(HashMap::new()),
             runtime,
@@ -242,7 +150,7 @@ impl RebalanceHandler {
             .unwrap_or_else(|| self.owners.subscribe())
     }
 
-    fn publish_owned(&self) {
+    pub(crate) fn publish_owned(&self) {
         let mut owned = self.owned();
         owned.sort_unstable();
         self.owners.send_replace(owned);
@@ -299,12 +207,16 @@ impl RebalanceHandler {
 
     /// Starts a worker for every assigned partition of the topic; returns the
     /// assignment's generation.
-    fn assign<C: Consumer<DedupContext>>(&self, consumer: &C, tpl: &mut TopicPartitionList) -> u64 {
+    pub(crate) fn assign<C: Consumer<DedupContext>>(
+        &self,
+        consumer: &C,
+        tpl: &mut TopicPartitionList,
+    ) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let topic = self.pipeline.config.kafka_consumer_topic.clone();
+        let topic = self.context.config.kafka_consumer_topic.clone();
         // Exactly-once reads them in each partition's task, after its producer has fenced
         // the previous owner, whose last transaction may still be committing offsets now.
-        let exactly_once = self.pipeline.config.exactly_once();
+        let exactly_once = self.context.config.exactly_once();
         let committed = if exactly_once {
             None
         } else {
@@ -332,7 +244,7 @@ impl RebalanceHandler {
                 None => Committed::Unknown,
             };
             let start = match committed_offset {
-                Committed::Known(known) if self.pipeline.loader.is_none() => {
+                Committed::Known(known) if self.context.loader.is_none() => {
                     match self.open_store(&topic, partition) {
                         // An empty store of a partition consumed before: the offset of
                         // the window's start is looked up in the partition's task, off
@@ -340,7 +252,7 @@ impl RebalanceHandler {
                         Ok(store)
                             if is_new(&store)
                                 && known.is_some_and(|c| c > 0)
-                                && self.pipeline.config.catch_up_max_messages > 0 =>
+                                && self.context.config.catch_up_max_messages > 0 =>
                         {
                             Start::Prepare {
                                 generation,
@@ -349,7 +261,7 @@ impl RebalanceHandler {
                         }
                         Ok(store) => {
                             let plan = plan_start(&store, partition, known, None);
-                            count_catch_up(&self.pipeline, &plan, false);
+                            count_catch_up(&self.context, &plan, false);
                             let mut catch_up_until = plan.catch_up_until;
                             if let Some(start) = plan.start {
                                 if let Err(error) = tpl_set(tpl, &topic, partition, start) {
@@ -365,7 +277,7 @@ impl RebalanceHandler {
                         Err(error) => {
                             // Without a store the partition cannot be deduplicated: do not
                             // consume it (nothing is committed, nothing lost); report unhealthy.
-                            self.pipeline.store_failed(partition, &error);
+                            self.context.store_failed(partition, &error);
                             tracing::error!(partition, %error, "cannot open the partition store; not consuming it");
                             continue;
                         }
@@ -394,7 +306,7 @@ impl RebalanceHandler {
                 &stream_consumer,
             );
         }
-        self.pipeline
+        self.context
             .metrics
             .assigned_partitions
             .set(self.partitions().len() as i64);
@@ -414,11 +326,11 @@ impl RebalanceHandler {
             Committed::Known(known) => known,
             Committed::Unknown => None,
         };
-        let tracker = self.pipeline.tracker.partition(partition, known);
+        let tracker = self.context.tracker.partition(partition, known);
         if let Some(committed) = known {
             // The gauge shows where the partition stands from the start, not only once
             // this process stores an offset.
-            self.pipeline
+            self.context
                 .metrics
                 .committed_offset
                 .get_or_create(&PartitionLabels { partition })
@@ -428,7 +340,7 @@ impl RebalanceHandler {
         let (stray, stray_rx) = mpsc::unbounded_channel();
         let slot: StoreSlot = Arc::new(OnceLock::new());
         let worker_slot = Arc::clone(&slot);
-        let pipeline = Arc::clone(&self.pipeline);
+        let context = Arc::clone(&self.context);
         let consumer = Arc::clone(consumer);
         let tracker_for_worker = Arc::clone(&tracker);
         let topic = topic.to_string();
@@ -438,11 +350,11 @@ impl RebalanceHandler {
             // Exactly-once: initialise the partition's transactional id first, which fences
             // the previous owner and completes or aborts its open transaction; only then
             // is the committed offset read (in the preparation below).
-            let transactions = if pipeline.config.exactly_once() {
+            let transactions = if context.config.exactly_once() {
                 let started = tokio::select! {
                     biased;
                     _ = fenced(&mut fence) => None,
-                    started = start_transactions(&pipeline, partition) => started,
+                    started = start_transactions(&context, partition) => started,
                 };
                 match started {
                     Some(transactions) => Some(transactions),
@@ -463,7 +375,7 @@ impl RebalanceHandler {
                         prepared = async {
                             // Pausing or seeking needs the partition assigned first.
                             let _ = applied.wait_for(|g| *g >= generation).await;
-                            prepare_store(&pipeline, &consumer, &topic, partition, committed, opened.map(|s| *s)).await
+                            prepare_store(&context, &consumer, &topic, partition, committed, opened.map(|s| *s)).await
                         } => prepared,
                     };
                     match prepared {
@@ -474,7 +386,7 @@ impl RebalanceHandler {
                         }) => {
                             if let Some(committed) = committed {
                                 tracker_for_worker.raise_floor(committed);
-                                pipeline
+                                context
                                     .metrics
                                     .committed_offset
                                     .get_or_create(&PartitionLabels { partition })
@@ -500,7 +412,7 @@ impl RebalanceHandler {
                 queue,
                 store,
                 tracker: tracker_for_worker,
-                pipeline,
+                context,
                 consumer,
                 catch_up_until,
                 fence: fence_rx,
@@ -531,9 +443,9 @@ impl RebalanceHandler {
         topic: &str,
         partition: i32,
     ) -> Result<PartitionStore, dedup_core::StoreError> {
-        let config = &self.pipeline.config;
+        let config = &self.context.config;
         let path = PartitionStore::dir_for(&config.store_path, topic, partition);
-        PartitionStore::open(path, &config.store_settings(), &self.pipeline.resources)
+        PartitionStore::open(path, &config.store_settings(), &self.context.resources)
     }
 
     /// Fences, drains, commits and closes the given partitions.
@@ -570,9 +482,9 @@ impl RebalanceHandler {
         // Workers stop within the drain timeout; allow for the final store call too. One
         // deadline for all the revoked partitions, not one each: the callback is bounded.
         let stopped_by = tokio::time::Instant::now()
-            + self.pipeline.config.rebalance_drain_timeout
+            + self.context.config.rebalance_drain_timeout
             + FINAL_STORE_CALL_ALLOWANCE;
-        let topic = self.pipeline.config.kafka_consumer_topic.clone();
+        let topic = self.context.config.kafka_consumer_topic.clone();
         let mut offsets = TopicPartitionList::new();
         let mut stores = Vec::new();
         let mut finals = Vec::new();
@@ -619,7 +531,7 @@ impl RebalanceHandler {
         }
         if offsets.count() > 0 {
             if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
-                self.pipeline.metrics.kafka_errors.inc();
+                self.context.metrics.kafka_errors.inc();
                 tracing::warn!(%error, "committing revoked partitions failed; their next owner will see redeliveries");
             }
         }
@@ -630,7 +542,7 @@ impl RebalanceHandler {
         for (partition, store) in stores {
             self.close_store(partition, store, closed_by);
         }
-        self.pipeline
+        self.context
             .metrics
             .assigned_partitions
             .set(self.partitions().len() as i64);
@@ -642,12 +554,12 @@ impl RebalanceHandler {
     /// ones do; what is not done in time is cancelled (the next owner then restores the
     /// last periodic checkpoint and replays the rest).
     fn final_checkpoints(&self, targets: Vec<ExportTarget>) {
-        let config = &self.pipeline.config;
+        let config = &self.context.config;
         let timeout = config.final_checkpoint_timeout;
         if targets.is_empty()
             || timeout.is_zero()
             || config.checkpoint_interval.is_zero()
-            || self.pipeline.remote.is_none()
+            || self.context.remote.is_none()
         {
             return;
         }
@@ -668,7 +580,7 @@ impl RebalanceHandler {
             ),
             Err(_) => {
                 crate::metrics::Metrics::count(
-                    &self.pipeline.metrics.checkpoint_uploads,
+                    &self.context.metrics.checkpoint_uploads,
                     "final_timed_out",
                 );
                 tracing::warn!(?partitions, ?timeout,
@@ -688,7 +600,7 @@ impl RebalanceHandler {
         store: Arc<PartitionStore>,
         deadline: std::time::Instant,
     ) {
-        let metrics = &self.pipeline.metrics;
+        let metrics = &self.context.metrics;
         metrics
             .store_size_bytes
             .remove(&PartitionLabels { partition });
@@ -725,8 +637,8 @@ impl RebalanceHandler {
         );
     }
 
-    fn count(&self, kind: &'static str) {
-        self.pipeline
+    pub(crate) fn count(&self, kind: &'static str) {
+        self.context
             .metrics
             .rebalances
             .get_or_create(&KindLabels { kind })
@@ -755,30 +667,30 @@ impl RebalanceHandler {
 /// without transactions, a transactional id this client may not use) is not retried as
 /// if it were transient: `None`, and the process is not live, with the error as reason.
 async fn start_transactions(
-    pipeline: &Arc<Pipeline>,
+    context: &Arc<Context>,
     partition: i32,
 ) -> Option<TransactionalPublisher> {
     let mut failures = 0u32;
     loop {
         match TransactionalPublisher::start(
-            &pipeline.config,
+            &context.config,
             partition,
-            Arc::clone(&pipeline.metrics),
+            Arc::clone(&context.metrics),
         )
         .await
         {
             Ok(transactions) => return Some(transactions),
             Err(KafkaError::Transaction(error)) if error.is_fatal() => {
-                pipeline.metrics.kafka_errors.inc();
+                context.metrics.kafka_errors.inc();
                 tracing::error!(partition, %error, "the brokers refuse this partition's transactional producer (do they support transactions, and may this client use the transactional id?); OUTPUT_GUARANTEE=exactly-once cannot work, the partition is not consumed");
-                pipeline.health.set_not_live(format!(
+                context.health.set_not_live(format!(
                     "partition {partition}: exactly-once output refused by the brokers: {error}"
                 ));
                 return None;
             }
             Err(error) => {
                 failures += 1;
-                pipeline.metrics.kafka_errors.inc();
+                context.metrics.kafka_errors.inc();
                 tracing::error!(partition, %error, failures, "cannot initialise the partition's transactional producer; retrying");
                 tokio::time::sleep(TRANSACTIONS_RETRY_STEP * failures.min(20)).await;
             }

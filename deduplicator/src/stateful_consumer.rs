@@ -18,12 +18,14 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, Message};
 use tokio::runtime::Handle;
 
-use crate::checkpoint_exporter::{owner_record_loop, CheckpointExporter};
+use crate::checkpoint_exporter::CheckpointExporter;
 use crate::config::Config;
+use crate::context::Context;
+use crate::kafka_context::{DedupConsumer, DedupContext};
 use crate::metrics::{KindLabels, Metrics, PartitionLabels};
-use crate::pipeline::Pipeline;
+use crate::ownership_record::owner_record_loop;
 use crate::publisher::{client_id, Publisher};
-use crate::rebalance_handler::{DedupConsumer, DedupContext, RebalanceHandler};
+use crate::rebalance_handler::RebalanceHandler;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -71,14 +73,14 @@ const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct StatefulKafkaConsumer {
     consumer: Arc<DedupConsumer>,
     handler: Arc<RebalanceHandler>,
-    pipeline: Arc<Pipeline>,
+    context: Arc<Context>,
 }
 
 impl StatefulKafkaConsumer {
-    pub fn new(pipeline: Arc<Pipeline>) -> Result<Self, RunError> {
-        let config = &pipeline.config;
+    pub fn new(context: Arc<Context>) -> Result<Self, RunError> {
+        let config = &context.config;
         let handler = Arc::new(RebalanceHandler::new(
-            Arc::clone(&pipeline),
+            Arc::clone(&context),
             Handle::current(),
         ));
         let mut client = ClientConfig::new();
@@ -124,7 +126,7 @@ impl StatefulKafkaConsumer {
         Ok(Self {
             consumer,
             handler,
-            pipeline,
+            context,
         })
     }
 
@@ -134,7 +136,7 @@ impl StatefulKafkaConsumer {
     /// consumer's metadata request, which never creates a topic. A cluster that does not
     /// answer within `TOPIC_CHECK_TIMEOUT` is logged and the check skipped.
     async fn check_topics_exist(&self) -> Result<(), RunError> {
-        let config = &self.pipeline.config;
+        let config = &self.context.config;
         let wanted = [
             (env::OUTPUT_TOPIC, config.output_topic.clone()),
             (env::DEAD_LETTER_TOPIC, config.dead_letter_topic.clone()),
@@ -168,7 +170,7 @@ impl StatefulKafkaConsumer {
                 }
                 Ok(Ok(Some(None))) => tracing::debug!(setting, topic, "topic exists"),
                 other => {
-                    self.pipeline.metrics.kafka_errors.inc();
+                    self.context.metrics.kafka_errors.inc();
                     tracing::warn!(setting, topic, answer = ?other.map(|r| r.map(|_| ())), "cannot tell whether the topic exists; starting anyway");
                 }
             }
@@ -179,7 +181,7 @@ impl StatefulKafkaConsumer {
     /// Fails start-up when exactly-once output is asked of brokers that refuse this
     /// client's transactions, instead of retrying each partition's producer forever.
     async fn check_transactions(&self) -> Result<(), RunError> {
-        let config = &self.pipeline.config;
+        let config = &self.context.config;
         if !config.exactly_once() {
             return Ok(());
         }
@@ -200,14 +202,14 @@ impl StatefulKafkaConsumer {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         self.check_topics_exist().await?;
         self.check_transactions().await?;
-        let topic = self.pipeline.config.kafka_consumer_topic.clone();
+        let topic = self.context.config.kafka_consumer_topic.clone();
         self.consumer
             .subscribe(&[&topic])
             .map_err(|source| RunError::Kafka {
                 role: "consumer subscription",
                 source,
             })?;
-        tracing::info!(topic, group = %self.pipeline.config.kafka_consumer_group, "subscribed");
+        tracing::info!(topic, group = %self.context.config.kafka_consumer_group, "subscribed");
         let retention = tokio::spawn(retention_loop(Arc::clone(&self.handler)));
         let exporter = tokio::spawn(CheckpointExporter::new(Arc::clone(&self.handler)).run());
         let owner_record = tokio::spawn(owner_record_loop(Arc::clone(&self.handler)));
@@ -226,7 +228,7 @@ impl StatefulKafkaConsumer {
                         }
                     }
                     Err(error) => {
-                        self.pipeline.metrics.kafka_errors.inc();
+                        self.context.metrics.kafka_errors.inc();
                         tracing::warn!(%error, "consumer error");
                     }
                 },
@@ -234,14 +236,14 @@ impl StatefulKafkaConsumer {
         }
 
         tracing::info!("shutting down: draining partitions");
-        self.pipeline.health.set_not_ready("shutting down");
+        self.context.health.set_not_ready("shutting down");
         retention.abort();
         exporter.abort();
         owner_record.abort();
         // An upload in progress is abandoned (never half-published: the manifest comes
         // last); the next owner restores the previous checkpoint and catches up.
         let _ = exporter.await;
-        let deadline = self.pipeline.config.shutdown_timeout;
+        let deadline = self.context.config.shutdown_timeout;
         let started = std::time::Instant::now();
         let handler = Arc::clone(&self.handler);
         let consumer = Arc::clone(&self.consumer);
@@ -256,7 +258,7 @@ impl StatefulKafkaConsumer {
         let remaining = deadline
             .saturating_sub(started.elapsed())
             .max(Duration::from_secs(1));
-        if let Err(error) = self.pipeline.publisher.flush(remaining) {
+        if let Err(error) = self.context.publisher.flush(remaining) {
             tracing::warn!(%error, "producer flush incomplete");
         }
         self.consumer.unsubscribe();
@@ -329,8 +331,8 @@ pub async fn run_with_metrics(
     if remote.is_some() && config.pod_name.is_none() {
         tracing::warn!("POD_NAME is not set: no ownership record is written, so the restorer cannot prepare this process's partitions");
     }
-    let pipeline = Arc::new(Pipeline::new(config, metrics, publisher, health, remote));
-    let result = StatefulKafkaConsumer::new(pipeline)?.run(shutdown).await;
+    let context = Arc::new(Context::new(config, metrics, publisher, health, remote));
+    let result = StatefulKafkaConsumer::new(context)?.run(shutdown).await;
     let _ = stop_http.send(());
     let _ = server.await;
     result
@@ -339,7 +341,7 @@ pub async fn run_with_metrics(
 /// Flushes every owned store and enforces its window and capacity, one at a time, off
 /// the consuming tasks, every `RETENTION_INTERVAL`.
 async fn retention_loop(handler: Arc<RebalanceHandler>) {
-    let interval = handler.pipeline.config.retention_interval;
+    let interval = handler.context.config.retention_interval;
     if interval.is_zero() {
         return;
     }
@@ -360,12 +362,12 @@ async fn retention_loop(handler: Arc<RebalanceHandler>) {
                 store.enforce_retention(now_ms)
             })
             .await;
-            let metrics = &handler.pipeline.metrics;
+            let metrics = &handler.context.metrics;
             match &result {
                 // A store that cannot flush (a full disk, say) keeps its keys only in
                 // memory: page someone. It is healthy again once a flush succeeds.
-                Ok(Err(error)) => handler.pipeline.store_failed(partition, error),
-                Ok(Ok(_)) => handler.pipeline.store_recovered(partition),
+                Ok(Err(error)) => handler.context.store_failed(partition, error),
+                Ok(Ok(_)) => handler.context.store_recovered(partition),
                 Err(_) => {}
             }
             match result {

@@ -15,7 +15,7 @@ use crate::message_tracker::MessageTracker;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 
-pub struct Pipeline {
+pub struct Context {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub tracker: MessageTracker,
@@ -31,7 +31,7 @@ pub struct Pipeline {
     failing: Mutex<BTreeSet<i32>>,
 }
 
-impl Pipeline {
+impl Context {
     pub fn new(
         config: Config,
         metrics: Arc<Metrics>,
