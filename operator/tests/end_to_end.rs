@@ -13,7 +13,8 @@
 //! partition's events were not published), the catch-up replay and what was restored.
 //!
 //! The short version runs in CI (`cargo test`); the long one (more events, more steps):
-//! `DEDUP_E2E_LONG=1 cargo test --test end_to_end -- --nocapture` (docs/reliability.md).
+//! `cargo build --bins && DEDUP_E2E_LONG=1 cargo test --test end_to_end -- --nocapture`
+//! (docs/reliability.md).
 //!
 //! Needs the test services (`eval "$(scripts/start-test-services.sh)"`) and root (the
 //! agent mounts each pod's volume in a mount namespace of its own).
@@ -326,6 +327,17 @@ impl Scenario {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// The StatefulSet's update revision.
+    async fn update_revision(&self) -> Option<String> {
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.ns.name);
+        sets.get_opt(&self.name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.status)
+            .and_then(|s| s.update_revision)
     }
 
     /// Streams on for the dwell, scraping.
@@ -643,8 +655,8 @@ enum Steps {
 
 /// Streams, takes the steps, checks the output and prints the figures; returns the
 /// verdict and the scenario (for what the caller checks after).
+/// (The caller holds [`ONE_AT_A_TIME`] until its scenario is torn down.)
 async fn run(test: &str, guarantee: &str, steps: Steps) -> Option<(stream::Verdict, Scenario)> {
-    let _alone = ONE_AT_A_TIME.lock().await;
     let mut scenario = Scenario::start(test, guarantee).await?;
     let stream = Stream::start(
         &scenario.bootstrap,
@@ -673,6 +685,7 @@ async fn run(test: &str, guarantee: &str, steps: Steps) -> Option<(stream::Verdi
         scenario.reschedule(1).await;
         scenario.end(mark, replicas).await;
         let mark = scenario.begin("spec change rolls the pods");
+        let before = scenario.update_revision().await;
         let patch = json!({"spec": {"dedup": {"window": "2h"}}}).to_string();
         kubectl(&[
             "patch",
@@ -684,6 +697,14 @@ async fn run(test: &str, guarantee: &str, steps: Steps) -> Option<(stream::Verdi
             "-p",
             &patch,
         ]);
+        // Settled means rolled to the new revision, not the old one still standing.
+        eventually("the StatefulSet takes the change", STEP_TIMEOUT, || async {
+            match scenario.update_revision().await {
+                Some(now) if Some(&now) != before.as_ref() => Ok(()),
+                other => Err(format!("update revision {other:?}")),
+            }
+        })
+        .await;
         scenario.end(mark, replicas).await;
         let mark = scenario.begin("node crash of pod 0 (SIGKILL)");
         scenario.agent.crash(&format!("{}-0", scenario.name));
@@ -721,6 +742,7 @@ async fn run(test: &str, guarantee: &str, steps: Steps) -> Option<(stream::Verdi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_rescheduling_rolling_and_a_crash_under_load_lose_nothing_and_pass_no_copy() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some((verdict, scenario)) = run("e2e", "at-least-once", Steps::All).await else {
         return;
     };
@@ -735,6 +757,7 @@ async fn scaling_rescheduling_rolling_and_a_crash_under_load_lose_nothing_and_pa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_scaling_shows_a_read_committed_reader_each_unique_event_once() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some((verdict, _scenario)) = run("e2e-eos", "exactly-once", Steps::Scale).await else {
         return;
     };

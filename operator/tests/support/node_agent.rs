@@ -174,6 +174,12 @@ impl NodeAgent {
             .values_mut()
             .find(|p| p.name == pod && !p.task.is_finished())
             .unwrap_or_else(|| panic!("the agent runs no pod {pod}"));
+        if matches!(
+            *handle.control.borrow(),
+            Control::Terminate { .. } | Control::Kill
+        ) {
+            return; // being deleted already
+        }
         handle.crashes += 1;
         let _ = handle.control.send(Control::Crash {
             generation: handle.crashes,
@@ -444,9 +450,18 @@ async fn final_delete(client: Client, pod: Pod) {
         }),
         ..DeleteParams::default()
     };
-    if let Err(e) = api.delete(&pod.name_any(), &params).await {
-        if !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409) {
-            eprintln!("node agent: final delete of {}: {e}", pod.name_any());
+    // Retried: a pod whose final delete failed would stay Terminating for good.
+    for attempt in 1..=30 {
+        match api.delete(&pod.name_any(), &params).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
+            Err(e) => {
+                eprintln!(
+                    "node agent: final delete of {} (attempt {attempt}): {e}",
+                    pod.name_any()
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }
@@ -458,14 +473,27 @@ struct HostPorts {
     by_name: BTreeMap<String, u16>,
 }
 
+/// A free host port below the kernel's ephemeral range (so no client connection takes it
+/// before the pod binds it), never handed out twice by this process.
+fn free_host_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap();
+    let given = given.get_or_insert_with(HashSet::new);
+    let start = 20_000 + (std::process::id() % 500) as u16 * 20;
+    (0..10_000u16)
+        .map(|i| 20_000 + (start - 20_000 + i) % 10_000)
+        .find(|port| !given.contains(port) && TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .inspect(|port| {
+            given.insert(*port);
+        })
+        .expect("a free port in 20000-29999")
+}
+
 fn host_ports(pod: &Pod) -> HostPorts {
     let mut ports = HostPorts::default();
     let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
     for port in containers.flat_map(|c| c.ports.iter().flatten()) {
-        let host = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let host = free_host_port();
         ports.by_number.insert(port.container_port, host);
         if let Some(name) = &port.name {
             ports.by_name.insert(name.clone(), host);
@@ -727,8 +755,10 @@ impl PodRun {
                 all_exited_ok = false;
             }
             let due = c.child.is_none()
-                && (matches!(c.state, State::Waiting(_))
-                    || c.restart_at.is_some_and(|t| Instant::now() >= t));
+                && match c.restart_at {
+                    Some(t) => Instant::now() >= t,
+                    None => matches!(c.state, State::Waiting(_)),
+                };
             if due {
                 self.start(Kind::Main, i).await;
             }
@@ -894,6 +924,9 @@ impl PodRun {
                 .get(&claim.claim_name)
                 .await
                 .map_err(|e| format!("claim {}: {e}", claim.claim_name))?;
+            if claim.metadata.deletion_timestamp.is_some() {
+                return Err(format!("claim {} is being deleted", claim.name_any()));
+            }
             let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
             if !bound {
                 return Err(format!("claim {} is not bound yet", claim.name_any()));
@@ -1326,7 +1359,8 @@ fn backoff(c: &mut ContainerRun) {
 }
 
 fn backoff_only(c: &mut ContainerRun) {
-    let wait = Duration::from_secs(1 << c.restarts.min(4)).min(MAX_RESTART_BACKOFF);
+    let wait =
+        Duration::from_secs(1 << c.restarts.saturating_sub(1).min(4)).min(MAX_RESTART_BACKOFF);
     c.restart_at = Some(Instant::now() + wait);
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 /// The real broker of `KAFKA_TEST_BOOTSTRAP_SERVERS` (started by
@@ -71,6 +71,28 @@ pub struct Truth {
     pub copies_sent: u64,
     /// Partition of each distinct_id's events.
     pub partition_of: HashMap<String, i32>,
+    /// Events the broker did not acknowledge (the check refuses to judge then).
+    pub failed_deliveries: u64,
+}
+
+/// Counts the deliveries the broker refused or that timed out: the truth assumes every
+/// event sent arrived.
+#[derive(Default)]
+struct Deliveries {
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl rdkafka::producer::ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            eprintln!("stream: a delivery failed: {error}");
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A background producer of events at a steady rate, until stopped.
@@ -93,12 +115,12 @@ impl Stream {
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let truth = Arc::new(Mutex::new(Truth::default()));
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("linger.ms", "5")
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .create()
+            .create_with_context(Deliveries::default())
             .expect("a producer");
         let (topic, stop_flag, shared) = (topic.to_string(), Arc::clone(&stop), Arc::clone(&truth));
         let thread = std::thread::spawn(move || {
@@ -150,14 +172,21 @@ impl Stream {
                     .partition(partition)
                     .key(distinct_id.as_str())
                     .payload(payload.as_str());
-                loop {
+                let mut queued = false;
+                while !stop_flag.load(Ordering::SeqCst) {
                     match producer.send(record) {
-                        Ok(()) => break,
+                        Ok(()) => {
+                            queued = true;
+                            break;
+                        }
                         Err((_, returned)) => {
                             record = returned;
                             producer.poll(Duration::from_millis(10));
                         }
                     }
+                }
+                if !queued {
+                    break;
                 }
                 let mut truth = shared.lock().unwrap();
                 truth.sent += 1;
@@ -174,6 +203,8 @@ impl Stream {
             producer
                 .flush(Duration::from_secs(60))
                 .expect("the stream's last events are acknowledged");
+            shared.lock().unwrap().failed_deliveries =
+                producer.context().failed.load(Ordering::SeqCst);
         });
         Self {
             stop,
@@ -271,19 +302,31 @@ pub fn read_output(bootstrap: &str, topic: &str, read_committed: bool) -> Vec<Pu
     }
     consumer.assign(&assignment).expect("assign");
     let mut out = Vec::new();
-    let mut positions: HashMap<i32, i64> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done = |positions: &HashMap<i32, i64>| {
-        ends.iter()
-            .all(|(p, end)| *end == 0 || positions.get(p).is_some_and(|o| o + 1 >= *end))
+    let deadline = Instant::now() + Duration::from_secs(180);
+    // The consumer's positions move past transaction markers too: done when every
+    // partition's position reached the end offset read above.
+    let done = |consumer: &BaseConsumer| {
+        let Ok(positions) = consumer.position() else {
+            return false;
+        };
+        ends.iter().all(|(p, end)| {
+            *end == 0
+                || positions
+                    .find_partition(topic, *p)
+                    .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *end))
+        })
     };
-    // With read_committed the last offsets are transaction markers: stop when polls run dry.
-    let mut idle_since = Instant::now();
-    while !done(&positions) && Instant::now() < deadline {
+    loop {
+        if done(&consumer) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the output could not be read to its end in 180 s ({} messages read)",
+            out.len()
+        );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                idle_since = Instant::now();
-                positions.insert(m.partition(), m.offset());
                 let appended_ms = m.timestamp().to_millis().unwrap_or(0);
                 let Some(value) = m
                     .payload()
@@ -299,7 +342,6 @@ pub fn read_output(bootstrap: &str, topic: &str, read_committed: bool) -> Vec<Pu
                 }));
             }
             Some(Err(e)) => panic!("reading the output: {e}"),
-            None if read_committed && idle_since.elapsed() > Duration::from_secs(5) => break,
             None => {}
         }
     }
@@ -333,6 +375,17 @@ pub struct Verdict {
 }
 
 pub fn check(truth: &Truth, output: &[Published]) -> Verdict {
+    assert_eq!(
+        truth.failed_deliveries, 0,
+        "events of the stream were not delivered: the truth is unknown"
+    );
+    assert!(
+        truth.sent > 0 && truth.copies_sent > 0 && !output.is_empty(),
+        "nothing to judge: {} sent, {} copies, {} published",
+        truth.sent,
+        truth.copies_sent,
+        output.len()
+    );
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut copies_passed = 0;
     for m in output {
