@@ -15,7 +15,6 @@
 //! - [`transactional_publisher`]: `TransactionalPublisher`, exactly-once output: one
 //!   transaction per partition carrying its output and its consumed offsets.
 //! - [`config`], [`metrics`], [`context`]: settings, Prometheus metrics, shared state.
-//! - [`quickstart`]: the pipeline on an embedded Kafka and generated events, checked.
 
 pub mod checkpoint_exporter;
 pub mod config;
@@ -27,7 +26,6 @@ pub mod ownership_record;
 pub mod partition_restore;
 pub mod partition_worker;
 pub mod publisher;
-pub mod quickstart;
 pub mod rebalance_handler;
 pub mod stateful_consumer;
 pub mod transactional_publisher;

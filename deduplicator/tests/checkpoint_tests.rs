@@ -21,20 +21,55 @@ fn produce(kafka: &TestKafka, topic: &str, events: &[GenEvent]) {
     );
 }
 
+/// What a handover between two processes with their own store directories needs: a
+/// bucket, the broker with input and output topics, and a directory for both.
+struct TwoPods {
+    s3: TestS3,
+    kafka: TestKafka,
+    input: String,
+    output: String,
+    dir: tempfile::TempDir,
+}
+
+impl TwoPods {
+    fn new() -> Option<Self> {
+        let s3 = test_s3()?;
+        assert!(s3.create_bucket(), "create bucket {}", s3.bucket);
+        let kafka = TestKafka::start();
+        let input = kafka.topic("in", PARTITIONS);
+        let output = kafka.topic("out", PARTITIONS);
+        let dir = tempfile::tempdir().unwrap();
+        Some(Self {
+            s3,
+            kafka,
+            input,
+            output,
+            dir,
+        })
+    }
+
+    /// The settings of the process `pod`, checkpointing to the bucket.
+    fn pod(&self, pod: &str) -> DedupSpec {
+        DedupSpec::checkpointing_pod(
+            &self.kafka,
+            &self.input,
+            &self.output,
+            self.dir.path(),
+            pod,
+            &self.s3,
+        )
+    }
+}
+
 #[test]
 fn partition_state_travels_through_s3_to_a_process_with_its_own_store() {
-    let Some(s3) = test_s3() else { return };
-    assert!(s3.create_bucket(), "create bucket {}", s3.bucket);
-    let kafka = TestKafka::start();
-    let input = kafka.topic("in", PARTITIONS);
-    let output = kafka.topic("out", PARTITIONS);
-    let dir = tempfile::tempdir().unwrap();
-    let spec =
-        |pod: &str| DedupSpec::checkpointing_pod(&kafka, &input, &output, dir.path(), pod, &s3);
+    let Some(bed) = TwoPods::new() else { return };
+    let (s3, kafka, input, output, dir) = (&bed.s3, &bed.kafka, &bed.input, &bed.output, &bed.dir);
+    let spec = |pod: &str| bed.pod(pod);
     let events = generate(3_000, 20, PARTITIONS, 7, "h1");
 
     let mut a = spec("dedup-a").spawn(dir.path(), "a");
-    produce(&kafka, &input, &events);
+    produce(kafka, input, &events);
     a.wait_until("first events consumed", WAIT, |d| {
         d.metric("dedup_messages_in_total") >= 3_000.0
     });
@@ -62,22 +97,13 @@ fn partition_state_travels_through_s3_to_a_process_with_its_own_store() {
 
     // b has its own, empty, store directory: the state can only come through S3.
     let mut b = spec("dedup-b").spawn(dir.path(), "b");
-    b.wait_until("b owns partitions", WAIT, |d| {
-        d.metric("dedup_assigned_partitions") >= 1.0
-    });
-    a.wait_until("a gave some up", WAIT, |d| {
-        d.metric("dedup_assigned_partitions") < PARTITIONS as f64
-    });
-    assert!(a.terminate().success());
-    b.wait_until("b owns everything", WAIT, |d| {
-        d.metric("dedup_assigned_partitions") >= PARTITIONS as f64
-    });
+    a.hand_over_to(&mut b, PARTITIONS, WAIT);
 
     // Copies of everything seen before the handoff, plus new events.
     let copies = copies_of(&events, "h1-copy");
     let fresh = generate(1_000, 0, PARTITIONS, 8, "h2");
-    produce(&kafka, &input, &copies);
-    produce(&kafka, &input, &fresh);
+    produce(kafka, input, &copies);
+    produce(kafka, input, &fresh);
     let total = (events.len() + copies.len() + fresh.len()) as f64;
     b.wait_until("everything committed", WAIT, |d| {
         d.metric("dedup_committed_offset") >= total - 0.5
@@ -111,7 +137,7 @@ fn partition_state_travels_through_s3_to_a_process_with_its_own_store() {
         .collect();
     let mut uniques: Vec<&GenEvent> = all.iter().filter(|e| !e.is_copy).collect();
     uniques.dedup_by_key(|e| e.dedup_key());
-    let published = kafka.read_all(&output, PARTITIONS, uniques.len(), Duration::from_secs(2));
+    let published = kafka.read_all(output, PARTITIONS, uniques.len(), Duration::from_secs(2));
     let redelivered = verify_no_loss(&all, &published);
     eprintln!(
         "handoff through S3: {} unique, {} redelivered originals",
@@ -126,19 +152,12 @@ fn partition_state_travels_through_s3_to_a_process_with_its_own_store() {
 /// beyond the test: the final checkpoints are the only ones.
 #[test]
 fn a_partition_given_up_takes_its_current_state_with_it() {
-    let Some(s3) = test_s3() else { return };
-    assert!(s3.create_bucket(), "create bucket {}", s3.bucket);
-    let kafka = TestKafka::start();
-    let input = kafka.topic("in", PARTITIONS);
-    let output = kafka.topic("out", PARTITIONS);
-    let dir = tempfile::tempdir().unwrap();
-    let spec = |pod: &str| {
-        DedupSpec::checkpointing_pod(&kafka, &input, &output, dir.path(), pod, &s3)
-            .env("CHECKPOINT_INTERVAL", "1h")
-    };
+    let Some(bed) = TwoPods::new() else { return };
+    let (kafka, input, output, dir) = (&bed.kafka, &bed.input, &bed.output, &bed.dir);
+    let spec = |pod: &str| bed.pod(pod).env("CHECKPOINT_INTERVAL", "1h");
     let events = generate(3_000, 20, PARTITIONS, 21, "f1");
     let mut a = spec("dedup-a").spawn(dir.path(), "a");
-    produce(&kafka, &input, &events);
+    produce(kafka, input, &events);
     a.wait_until("everything committed", WAIT, |d| {
         d.metric("dedup_committed_offset") >= events.len() as f64 - 0.5
             && d.metric("dedup_in_flight_messages") == 0.0
@@ -146,18 +165,9 @@ fn a_partition_given_up_takes_its_current_state_with_it() {
 
     // b has its own, empty, store directory: the state can only come through S3.
     let mut b = spec("dedup-b").spawn(dir.path(), "b");
-    b.wait_until("b owns partitions", WAIT, |d| {
-        d.metric("dedup_assigned_partitions") >= 1.0
-    });
-    a.wait_until("a gave some up", WAIT, |d| {
-        d.metric("dedup_assigned_partitions") < PARTITIONS as f64
-    });
-    assert!(a.terminate().success());
-    b.wait_until("b owns everything", WAIT, |d| {
-        d.metric("dedup_assigned_partitions") >= PARTITIONS as f64
-    });
+    a.hand_over_to(&mut b, PARTITIONS, WAIT);
     let copies = copies_of(&events, "f1-copy");
-    produce(&kafka, &input, &copies);
+    produce(kafka, input, &copies);
     let total = (events.len() + copies.len()) as f64;
     b.wait_until("everything committed", WAIT, |d| {
         d.metric("dedup_committed_offset") >= total - 0.5
@@ -181,7 +191,7 @@ fn a_partition_given_up_takes_its_current_state_with_it() {
     assert!(b.terminate().success());
     let all: Vec<GenEvent> = events.iter().chain(&copies).cloned().collect();
     let unique = unique_keys(&all).len();
-    let published = kafka.read_all(&output, PARTITIONS, unique, Duration::from_secs(2));
+    let published = kafka.read_all(output, PARTITIONS, unique, Duration::from_secs(2));
     verify_no_loss(&all, &published);
 }
 

@@ -236,16 +236,7 @@ fn two_processes_sharing_a_store_directory_hand_partitions_over() {
         ..spec.clone()
     }
     .spawn(dir.path(), "b");
-    b.wait_until("b owns partitions", WAIT, |d| {
-        d.metric("dedup_assigned_partitions") >= 1.0
-    });
-    a.wait_until("a gave some up", WAIT, |d| {
-        d.metric("dedup_assigned_partitions") < PARTITIONS as f64
-    });
-    assert!(a.terminate().success());
-    b.wait_until("b owns everything", WAIT, |d| {
-        d.metric("dedup_assigned_partitions") >= PARTITIONS as f64
-    });
+    a.hand_over_to(&mut b, PARTITIONS, WAIT);
 
     // Second half: new events and copies of first-half events (caught by stores that
     // moved from a to b through the shared directory).

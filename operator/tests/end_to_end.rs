@@ -539,6 +539,24 @@ impl Scenario {
         }
     }
 
+    /// Deletes the scenario's namespace and waits until it is gone, while the agent still
+    /// runs its pods (they get their SIGTERM and grace): nothing is left behind to load
+    /// the control plane for the tests after this one.
+    async fn teardown(self) {
+        let namespace = self.ns.name.clone();
+        tokio::task::spawn_blocking(move || {
+            kubectl(&[
+                "delete",
+                "namespace",
+                &namespace,
+                "--wait=true",
+                "--timeout=180s",
+            ])
+        })
+        .await
+        .expect("deleting the scenario's namespace");
+    }
+
     /// Deletes the DedupCluster: its children go (garbage collector), the checkpoints in
     /// S3 stay.
     async fn delete_cluster(&self) {
@@ -753,16 +771,18 @@ async fn scaling_rescheduling_rolling_and_a_crash_under_load_lose_nothing_and_pa
         verdict.republished
     );
     scenario.delete_cluster().await;
+    scenario.teardown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_scaling_shows_a_read_committed_reader_each_unique_event_once() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let Some((verdict, _scenario)) = run("e2e-eos", "exactly-once", Steps::Scale).await else {
+    let Some((verdict, scenario)) = run("e2e-eos", "exactly-once", Steps::Scale).await else {
         return;
     };
     assert_eq!(
         verdict.republished, 0,
         "an original seen twice by read_committed: {verdict:?}"
     );
+    scenario.teardown().await;
 }

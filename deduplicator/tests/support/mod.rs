@@ -610,6 +610,22 @@ impl Dedup {
     }
 
     /// SIGTERM, then wait for a clean exit.
+    /// A handover from `self` to `next`, which has just joined the group: `next` gets
+    /// partitions, `self` gives some up, then `self` shuts down (SIGTERM, exit 0) and
+    /// `next` owns all `partitions`.
+    pub fn hand_over_to(mut self, next: &mut Dedup, partitions: i32, timeout: Duration) {
+        next.wait_until("the new member owns partitions", timeout, |d| {
+            d.metric("dedup_assigned_partitions") >= 1.0
+        });
+        self.wait_until("the old member gave some up", timeout, |d| {
+            d.metric("dedup_assigned_partitions") < partitions as f64
+        });
+        assert!(self.terminate().success(), "the old member exits cleanly");
+        next.wait_until("the new member owns everything", timeout, |d| {
+            d.metric("dedup_assigned_partitions") >= partitions as f64
+        });
+    }
+
     pub fn terminate(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let _ = Command::new("kill")
