@@ -173,8 +173,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let endpoint =
-        std::env::var("DEDUP_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
+    let endpoint = dedup_testkit::services::s3_endpoint();
     let work = tempfile::tempdir_in(
         std::env::var("DEDUP_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()),
     )

@@ -12,7 +12,6 @@
 //! - [`config`]: parsing of setting values (durations, byte sizes).
 //! - [`http`]: the `/metrics`, `/healthz`, `/readyz` port of the long-running binaries.
 //! - [`telemetry`]: logging set-up (`LOG_FORMAT=json`).
-//! - [`test_services`]: when a test may skip for a missing service (never under CI).
 //!
 //! No Kafka consumer loop and no Kubernetes code live here.
 
@@ -25,7 +24,6 @@ pub mod key;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod telemetry;
-pub mod test_services;
 
 pub use event::{Event, EventError};
 pub use key::{EventKey, StoredKey};

@@ -16,28 +16,9 @@ use dedup_core::store::{PartitionStore, StoreResources, StoreSettings};
 
 const PREFIX: &str = "deduplication-checkpoints";
 
+/// The test S3 (moto); `None` only when a local run may skip it.
 fn endpoint() -> Option<String> {
-    let endpoint =
-        std::env::var("DEDUP_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
-    let address = endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let reachable = std::net::TcpStream::connect_timeout(
-        &address
-            .parse()
-            .expect("DEDUP_TEST_S3_ENDPOINT is http://IP:PORT"),
-        Duration::from_secs(2),
-    )
-    .is_ok();
-    if reachable {
-        return Some(endpoint);
-    }
-    if dedup_core::test_services::may_skip("DEDUP_ALLOW_MISSING_SERVICES") {
-        eprintln!("skipping: no S3 at {endpoint} and DEDUP_ALLOW_MISSING_SERVICES=1");
-        return None;
-    }
-    panic!("no S3 at {endpoint}: run scripts/start-test-services.sh (moto_server)");
+    dedup_testkit::services::moto().map(|(endpoint, _)| endpoint)
 }
 
 fn remote(endpoint: &str, bucket: &str, attempts: u32, timeout: Duration) -> S3Remote {

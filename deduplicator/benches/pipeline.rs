@@ -41,18 +41,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dedup_testkit::process::env_number;
+use dedup_testkit::rng::xorshift;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message};
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One measured run.
 #[derive(Clone, Copy, Debug)]
@@ -432,12 +427,7 @@ type Produced = (i32, Vec<u8>, Vec<u8>);
 /// of the same partition. Returns the messages and the number of unique events.
 fn generate(count: usize, duplicate_percent: u64, partitions: i32) -> (Vec<Produced>, usize) {
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = move || xorshift(&mut rng);
     let mut recent: Vec<Vec<(String, i64, &str)>> = vec![Vec::new(); partitions as usize];
     let mut out = Vec::with_capacity(count);
     let mut uniques = 0;

@@ -28,12 +28,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dedup_core::checkpoint::manifest::{CheckpointManifest, UploadKind};
 use dedup_core::checkpoint::remote::{CheckpointRemote, Remote, RemoteError};
 use dedup_core::checkpoint::{self, transfer, LocalCheckpoint};
-
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use dedup_core::store::PartitionStore;
 
 use crate::context::Context;
-use crate::metrics::{KindLabels, Metrics, PartitionLabels};
+use crate::internal_events::{
+    CheckpointCreated, CheckpointFailed, CheckpointUploadFailed, CheckpointUploadFenced,
+    CheckpointUploaded, InternalEvent, LocalCheckpointKept,
+};
+use crate::metrics::{KindLabels, PartitionLabels};
 use crate::rebalance_handler::{ExportTarget, RebalanceHandler};
 
 /// Checksums of immutable files (SSTs) already computed, by name and size, per
@@ -118,7 +120,6 @@ impl CheckpointExporter {
 pub async fn export(handler: &RebalanceHandler, target: ExportTarget) {
     let context = Arc::clone(&handler.context);
     let config = &context.config;
-    let metrics = &context.metrics;
     let partition = target.partition;
     let topic = config.kafka_consumer_topic.clone();
     let dir = checkpoint::partition_dir(&config.local_checkpoint_dir, &topic, partition);
@@ -126,47 +127,17 @@ pub async fn export(handler: &RebalanceHandler, target: ExportTarget) {
         return;
     };
     let now_ms = now_ms();
-    let started = Instant::now();
-    let created = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || checkpoint::create_local(&store, &dir, now_ms)).await
+    let Some((local, pause)) = create(&context, partition, store, &dir, now_ms).await else {
+        return;
     };
-    let local = match created {
-        Ok(Ok(local)) => local,
-        Ok(Err(error)) => {
-            Metrics::count(&metrics.checkpoints, "failure");
-            tracing::error!(partition, %error, "checkpoint creation failed");
-            return;
-        }
-        Err(error) => {
-            Metrics::count(&metrics.checkpoints, "failure");
-            tracing::error!(partition, %error, "checkpoint task failed");
-            return;
-        }
-    };
-    let pause = started.elapsed();
-    metrics.checkpoint_duration.observe(pause.as_secs_f64());
-    Metrics::count(&metrics.checkpoints, "success");
-    let keep = config.max_local_checkpoints as usize;
-    {
-        let dir = dir.clone();
-        match tokio::task::spawn_blocking(move || checkpoint::prune_local(&dir, keep)).await {
-            Ok(Err(error)) => {
-                tracing::warn!(partition, %error, "pruning local checkpoints failed")
-            }
-            Err(error) => tracing::warn!(partition, %error, "pruning task failed"),
-            Ok(Ok(_)) => {}
-        }
-    }
-
     let Some(remote) = context.remote.clone() else {
-        let size = dir_size(&local.dir);
-        metrics
-            .checkpoint_size_bytes
-            .get_or_create(&PartitionLabels { partition })
-            .set(size as i64);
-        tracing::info!(partition, id = local.id, next_offset = ?local.next_offset,
-            size, pause_ms = pause.as_millis() as u64, "checkpoint created (local only)");
+        LocalCheckpointKept {
+            partition,
+            local: &local,
+            size: dir_size(&local.dir),
+            pause,
+        }
+        .emit(&context.metrics);
         return;
     };
     let mut known = handler.checksums().known(partition, target.assignment);
@@ -179,54 +150,75 @@ pub async fn export(handler: &RebalanceHandler, target: ExportTarget) {
         .checksums()
         .remember(partition, target.assignment, known);
     match uploaded {
-        Ok(Uploaded::Done { manifest, stats }) => {
-            let seconds = upload_started.elapsed().as_secs_f64();
-            metrics.checkpoint_upload_duration.observe(seconds);
-            Metrics::count(&metrics.checkpoint_uploads, "success");
-            let count = |family: &Family<KindLabels, Counter>, kind, value| {
-                family.get_or_create(&KindLabels { kind }).inc_by(value);
-            };
-            count(
-                &metrics.checkpoint_files,
-                "uploaded",
-                stats.files_uploaded as u64,
-            );
-            count(
-                &metrics.checkpoint_files,
-                "reused",
-                stats.files_reused as u64,
-            );
-            count(&metrics.checkpoint_bytes, "uploaded", stats.bytes_uploaded);
-            count(&metrics.checkpoint_bytes, "reused", stats.bytes_reused);
-            metrics
-                .checkpoint_size_bytes
-                .get_or_create(&PartitionLabels { partition })
-                .set(manifest.size() as i64);
-            metrics
-                .checkpoint_remote_age
-                .get_or_create(&PartitionLabels { partition })
-                .set(0);
-            tracing::info!(partition, id = manifest.checkpoint_id, next_offset = ?manifest.next_offset,
-                kind = ?manifest.kind, files_uploaded = stats.files_uploaded,
-                bytes_uploaded = stats.bytes_uploaded, files_reused = stats.files_reused,
-                pause_ms = pause.as_millis() as u64, upload_seconds = seconds,
-                last = target.last,
-                "checkpoint uploaded");
+        Ok(Uploaded::Done { manifest, stats }) => CheckpointUploaded {
+            partition,
+            manifest: &manifest,
+            stats: &stats,
+            pause,
+            seconds: upload_started.elapsed().as_secs_f64(),
+            last: target.last,
         }
-        Ok(Uploaded::Fenced) => {
-            Metrics::count(&metrics.checkpoint_uploads, "fenced");
-            tracing::info!(
+        .emit(&context.metrics),
+        Ok(Uploaded::Fenced) => CheckpointUploadFenced {
+            partition,
+            id: &local.id,
+        }
+        .emit(&context.metrics),
+        Err(error) => CheckpointUploadFailed {
+            partition,
+            id: &local.id,
+            error: &error,
+        }
+        .emit(&context.metrics),
+    }
+}
+
+/// Creates a local checkpoint of `store` in `dir` (off the async workers) and prunes the
+/// older ones past `MAX_LOCAL_CHECKPOINTS`; the checkpoint and the pause it took, or
+/// `None` when creation failed (counted and logged).
+async fn create(
+    context: &Context,
+    partition: i32,
+    store: Arc<PartitionStore>,
+    dir: &Path,
+    now_ms: i64,
+) -> Option<(LocalCheckpoint, Duration)> {
+    let started = Instant::now();
+    let created = {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || checkpoint::create_local(&store, &dir, now_ms)).await
+    };
+    let local = match created {
+        Ok(Ok(local)) => local,
+        Ok(Err(error)) => {
+            CheckpointFailed {
                 partition,
-                id = local.id,
-                "partition given up during the upload; no manifest published"
-            );
+                message: "checkpoint creation failed",
+                error: &error,
+            }
+            .emit(&context.metrics);
+            return None;
         }
         Err(error) => {
-            Metrics::count(&metrics.checkpoint_uploads, "failure");
-            tracing::warn!(partition, id = local.id, %error,
-                "checkpoint upload failed; retried at the next interval");
+            CheckpointFailed {
+                partition,
+                message: "checkpoint task failed",
+                error: &error,
+            }
+            .emit(&context.metrics);
+            return None;
         }
+    };
+    let pause = started.elapsed();
+    CheckpointCreated { pause }.emit(&context.metrics);
+    let keep = context.config.max_local_checkpoints as usize;
+    let dir = dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || checkpoint::prune_local(&dir, keep)).await {
+        Ok(Err(error)) => tracing::warn!(partition, %error, "pruning local checkpoints failed"),
+        Err(error) => tracing::warn!(partition, %error, "pruning task failed"),
+        Ok(Ok(_)) => {}
     }
+    Some((local, pause))
 }
 
 enum Uploaded {

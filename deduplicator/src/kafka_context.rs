@@ -11,6 +11,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use crate::internal_events::{InternalEvent, KafkaCallFailed};
 use crate::metrics::PartitionLabels;
 use crate::rebalance_handler::RebalanceHandler;
 
@@ -43,8 +44,13 @@ impl ClientContext for DedupContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.handler.context.metrics.kafka_errors.inc();
-        tracing::error!(%error, reason, "kafka client error");
+        KafkaCallFailed {
+            message: "kafka client error",
+            partition: None,
+            error: &format!("{error} ({reason})"),
+            level: tracing::Level::ERROR,
+        }
+        .emit(&self.handler.context.metrics);
     }
 }
 
@@ -99,8 +105,13 @@ impl ConsumerContext for DedupContext {
             }
         };
         if let Err(error) = result {
-            handler.context.metrics.kafka_errors.inc();
-            tracing::error!(%error, "applying the rebalance failed");
+            KafkaCallFailed {
+                message: "applying the rebalance failed",
+                partition: None,
+                error: &error,
+                level: tracing::Level::ERROR,
+            }
+            .emit(&handler.context.metrics);
         }
         handler.context.health.set_ready();
     }

@@ -23,6 +23,7 @@ use std::time::Instant;
 use dedup_core::http::Health;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::internal_events::{InternalEvent, MessageDroppedUnacked};
 use crate::metrics::Metrics;
 
 /// The process-wide bound on in-flight messages.
@@ -232,12 +233,11 @@ impl Drop for AckableMessage {
         if self.partition.fenced.load(Ordering::SeqCst) {
             metrics.abandoned_on_revoke.inc();
         } else {
-            metrics.unacked_dropped.inc();
-            tracing::error!(
-                partition = self.partition.partition,
-                offset = self.offset,
-                "message dropped without ack or nack; the partition's offsets will not be committed past it until a restart redelivers it"
-            );
+            MessageDroppedUnacked {
+                partition: self.partition.partition,
+                offset: self.offset,
+            }
+            .emit(metrics);
             self.partition.tracker.health.set_not_live(format!(
                 "partition {}: the outcome of offset {} was lost; a restart redelivers it",
                 self.partition.partition, self.offset

@@ -8,7 +8,7 @@ use std::time::Duration;
 use dedup_core::checkpoint::remote::CheckpointRemote;
 
 use crate::checkpoint_exporter::now_ms;
-use crate::metrics::Metrics;
+use crate::internal_events::{InternalEvent, OwnerRecordFailed, OwnerRecordWritten};
 use crate::rebalance_handler::RebalanceHandler;
 
 /// Keeps `owners/{consumer_group}/{pod_name}.json` up to date with the partitions this
@@ -64,14 +64,21 @@ pub async fn owner_record_loop(handler: Arc<RebalanceHandler>) {
         loop {
             match remote.put_bytes(&key, bytes.clone()).await {
                 Ok(()) => {
-                    Metrics::count(&context.metrics.owner_record_writes, "success");
-                    tracing::info!(key, ?partitions, "ownership record written");
+                    OwnerRecordWritten {
+                        key: &key,
+                        partitions: &partitions,
+                    }
+                    .emit(&context.metrics);
                     written = true;
                     break;
                 }
                 Err(error) => {
-                    Metrics::count(&context.metrics.owner_record_writes, "failure");
-                    tracing::warn!(key, %error, ?backoff, "writing the ownership record failed; retrying");
+                    OwnerRecordFailed {
+                        key: &key,
+                        error: &error,
+                        backoff,
+                    }
+                    .emit(&context.metrics);
                     // A newer assignment supersedes this record.
                     if let Ok(Ok(())) = tokio::time::timeout(backoff, owners.changed()).await {
                         pending = true;

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dedup_core::checkpoint::loader::{local_next_offset, LoadOutcome};
-use dedup_core::checkpoint::transfer::RestoreOutcome;
 use dedup_core::store::PartitionStore;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::context::Context;
+use crate::internal_events::{InternalEvent, KafkaCallFailed, RestoreFinished};
 use crate::kafka_context::DedupConsumer;
 use crate::metrics::Metrics;
 
@@ -31,6 +31,33 @@ pub enum Committed {
     /// before the partition is planned: treating "unknown" as "none" would restart
     /// from the store's offset, or from 0, and publish history again.
     Unknown,
+}
+
+/// Where an assigned partition's store gets ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyWhere {
+    /// In the rebalance callback: the store is opened and planned against this committed
+    /// offset (no remote, and the offset is known).
+    Here { committed: Option<i64> },
+    /// In the partition's own task, off the callback: the restore check (with a remote),
+    /// or the committed offset read again, retried (it could not be read).
+    InTask,
+}
+
+/// Decides where a partition's store gets ready, from the committed offset as the
+/// assignment read it and whether a checkpoint remote is configured.
+pub fn ready_where(committed: Committed, has_remote: bool) -> ReadyWhere {
+    match committed {
+        Committed::Known(committed) if !has_remote => ReadyWhere::Here { committed },
+        _ => ReadyWhere::InTask,
+    }
+}
+
+/// True when a store opened in the callback must have its window rebuilt by catch-up (in
+/// the partition's task, where the window's start offset is looked up): it is empty, the
+/// group has consumed the partition before, and catch-up is allowed.
+pub fn rebuilds_window(store_is_new: bool, committed: Option<i64>, catch_up_max: u64) -> bool {
+    store_is_new && committed.is_some_and(|c| c > 0) && catch_up_max > 0
 }
 
 /// Where a partition starts.
@@ -312,8 +339,13 @@ async fn rebuild_start(
             _ => return None,
         },
         other => {
-            context.metrics.kafka_errors.inc();
-            tracing::error!(partition, result = ?other.map(|r| r.map(|_| ())), "cannot look up the offset of the window's start; the new store starts empty at the committed offset, and copies of earlier events may pass");
+            KafkaCallFailed {
+                message: "cannot look up the offset of the window's start; the new store starts empty at the committed offset, and copies of earlier events may pass",
+                partition: Some(partition),
+                error: &format!("{:?}", other.map(|r| r.map(|_| ()))),
+                level: tracing::Level::ERROR,
+            }
+            .emit(&context.metrics);
             return None;
         }
     };
@@ -358,17 +390,18 @@ async fn read_committed(
             }
             other => {
                 failures += 1;
-                context.metrics.kafka_errors.inc();
                 let error = match other {
                     Some(Err(error)) => error.to_string(),
                     _ => "task failed".to_string(),
                 };
-                tracing::warn!(
-                    partition,
-                    failures,
-                    error,
-                    "cannot read the committed offset; retrying before consuming the partition"
-                );
+                KafkaCallFailed {
+                    message:
+                        "cannot read the committed offset; retrying before consuming the partition",
+                    partition: Some(partition),
+                    error: &format!("{error} (failures: {failures})"),
+                    level: tracing::Level::WARN,
+                }
+                .emit(&context.metrics);
                 tokio::time::sleep(Duration::from_millis(250 * u64::from(failures.min(20)))).await;
             }
         }
@@ -382,73 +415,13 @@ fn report(
     outcome: &LoadOutcome,
     started: Instant,
 ) {
-    let metrics = &context.metrics;
-    let seconds = started.elapsed().as_secs_f64();
-    metrics.restore_duration.observe(seconds);
-    Metrics::count(&metrics.restores, outcome.label());
-    metrics
-        .restore_skipped_checkpoints
-        .inc_by(outcome.skipped().len() as u64);
-    for (checkpoint, reason) in outcome.skipped() {
-        tracing::warn!(
-            partition,
-            checkpoint,
-            reason,
-            "remote checkpoint unusable; trying an older one"
-        );
+    RestoreFinished {
+        partition,
+        local,
+        outcome,
+        started,
     }
-    match outcome {
-        LoadOutcome::Finished(RestoreOutcome::Restored {
-            checkpoint_id,
-            next_offset,
-            bytes,
-            files_resumed,
-            ..
-        }) => {
-            metrics.restore_bytes.inc_by(*bytes);
-            tracing::info!(
-                partition,
-                checkpoint_id,
-                ?next_offset,
-                ?local,
-                bytes,
-                files_resumed,
-                seconds,
-                "partition store restored from the remote checkpoint"
-            );
-        }
-        LoadOutcome::Finished(RestoreOutcome::NotNewer {
-            local_next_offset,
-            remote_next_offset,
-            ..
-        }) => tracing::info!(
-            partition,
-            local_next_offset,
-            ?remote_next_offset,
-            "local store is as recent as the remote checkpoints; keeping it"
-        ),
-        LoadOutcome::Finished(RestoreOutcome::NoCheckpoint) => tracing::info!(
-            partition,
-            ?local,
-            "no remote checkpoint; starting from the local or an empty store"
-        ),
-        LoadOutcome::Finished(RestoreOutcome::AllCorrupt { .. }) => tracing::error!(
-            partition,
-            ?local,
-            "every remote checkpoint is unusable; starting from the local or an empty store"
-        ),
-        LoadOutcome::Failed { attempts, error } => tracing::error!(
-            partition,
-            attempts,
-            error,
-            "checkpoint remote unreachable; starting from the local or an empty store"
-        ),
-        LoadOutcome::TimedOut { after } => tracing::error!(
-            partition,
-            ?after,
-            "restore timed out (RESTORE_TIMEOUT); starting from the local or an empty store"
-        ),
-    }
+    .emit(&context.metrics);
 }
 
 /// The offset a list (of committed offsets) gives a partition, if it gives one.
@@ -494,6 +467,36 @@ mod tests {
             &StoreResources::default(),
         )
         .expect("store")
+    }
+
+    #[test]
+    fn a_store_is_made_ready_in_the_callback_only_without_a_remote_and_with_a_known_offset() {
+        assert_eq!(
+            ready_where(Committed::Known(Some(7)), false),
+            ReadyWhere::Here { committed: Some(7) }
+        );
+        assert_eq!(
+            ready_where(Committed::Known(None), false),
+            ReadyWhere::Here { committed: None }
+        );
+        assert_eq!(
+            ready_where(Committed::Known(Some(7)), true),
+            ReadyWhere::InTask
+        );
+        assert_eq!(ready_where(Committed::Unknown, false), ReadyWhere::InTask);
+        assert_eq!(ready_where(Committed::Unknown, true), ReadyWhere::InTask);
+    }
+
+    #[test]
+    fn only_an_empty_store_of_a_partition_consumed_before_rebuilds_its_window() {
+        assert!(rebuilds_window(true, Some(5), 1000));
+        assert!(!rebuilds_window(false, Some(5), 1000), "a store with keys");
+        assert!(
+            !rebuilds_window(true, Some(0), 1000),
+            "nothing consumed yet"
+        );
+        assert!(!rebuilds_window(true, None, 1000), "no committed offset");
+        assert!(!rebuilds_window(true, Some(5), 0), "catch-up disabled");
     }
 
     #[test]

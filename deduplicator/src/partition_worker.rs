@@ -18,18 +18,18 @@ use dedup_core::event;
 use dedup_core::store::{Outcome, PartitionStore};
 use futures_util::FutureExt;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 
 use crate::context::Context;
+use crate::internal_events::{InternalEvent, KafkaCallFailed, MessageDecided, StoreCallFailed};
 use crate::kafka_context::{DedupConsumer, PartitionQueue};
 use crate::message_tracker::{AckableMessage, PartitionTracker, Reservation};
-use crate::metrics::{MalformedLabels, Metrics, PartitionLabels};
-use crate::publisher::{forget_dead_lettered, Delivered, Target};
-use crate::transactional_publisher::{TransactionError, TransactionalPublisher};
+use crate::metrics::PartitionLabels;
+use crate::output::{Drained, PartitionOutput};
+use crate::routing::{route, Route};
+use crate::transactional_publisher::TransactionError;
 
 /// How a worker ended: the next offset to commit, if it moved.
 #[derive(Debug, Clone, Copy)]
@@ -47,9 +47,8 @@ pub struct PartitionWorker {
     pub consumer: Arc<DedupConsumer>,
     pub catch_up_until: Option<i64>,
     pub fence: watch::Receiver<bool>,
-    /// Exactly-once: the partition's output transactions. Offsets then commit with them,
-    /// never through the consumer.
-    pub transactions: Option<TransactionalPublisher>,
+    /// Where decided messages are published (at-least-once or exactly-once).
+    pub output: PartitionOutput,
     /// A finished offset not yet in the store: written with the next batch (no write of
     /// its own on the hot path), or when the worker ends.
     pub finished: Option<i64>,
@@ -60,29 +59,20 @@ impl PartitionWorker {
     /// consumer's main queue.
     pub async fn run(mut self, mut stray: mpsc::UnboundedReceiver<OwnedMessage>) -> WorkerExit {
         let mut fence = self.fence.clone();
-        // Deliveries run as their own tasks: they complete (and give back in-flight room)
-        // even while this task waits for room itself.
-        let mut deliveries: JoinSet<()> = JoinSet::new();
         let mut stored: Option<i64> = None;
         let batch_size = self.context.config.batch_size as usize;
         loop {
-            let commit_due = self.transactions.as_ref().and_then(|t| t.deadline());
+            let commit_due = self.output.commit_due();
             let first = tokio::select! {
                 biased;
                 _ = fenced(&mut fence) => break,
                 _ = sleep_until(commit_due), if commit_due.is_some() => {
-                    if !self.commit_transaction(None).await {
+                    if !self.commit_output(None).await {
                         return self.fenced_out();
                     }
                     None
                 }
-                Some(done) = deliveries.join_next(), if !deliveries.is_empty() => {
-                    if let Err(error) = done {
-                        // Its message was dropped unacked: counted, and never committed.
-                        tracing::error!(partition = self.partition, %error, "a delivery task failed");
-                    }
-                    None
-                }
+                _ = self.output.delivery_finished(self.partition) => None,
                 Some(message) = stray.recv() => Some(message),
                 received = self.queue.recv() => self.detach(received),
             };
@@ -94,11 +84,7 @@ impl PartitionWorker {
                     _ = fenced(&mut fence) => break,
                     reservation = self.context.tracker.reserve() => reservation,
                 };
-                // A batch never takes a transaction past TRANSACTION_MAX_MESSAGES.
-                let batch_size = self
-                    .transactions
-                    .as_ref()
-                    .map_or(batch_size, |t| t.room().min(batch_size));
+                let batch_size = self.output.batch_limit(batch_size);
                 let mut batch = Vec::with_capacity(batch_size);
                 batch.push((reservation, first));
                 while batch.len() < batch_size {
@@ -112,63 +98,48 @@ impl PartitionWorker {
                         batch.push((reservation, message));
                     }
                 }
-                self.process(batch, &mut deliveries).await;
-                if self.transactions.as_ref().is_some_and(|t| t.is_full())
-                    && !self.commit_transaction(None).await
-                {
+                self.process(batch).await;
+                if self.output.commit_is_due_by_size() && !self.commit_output(None).await {
                     return self.fenced_out();
                 }
             }
             self.store_committable(&mut stored);
         }
 
-        if self.transactions.is_some() {
-            // Revoked: commit what is open, within the drain bound; past it, abort (the
-            // next owner publishes those messages again, once).
-            let give_up_at =
-                std::time::Instant::now() + self.context.config.rebalance_drain_timeout;
-            self.commit_transaction(Some(give_up_at)).await;
-            self.write_finished();
-            return WorkerExit { committable: None };
-        }
-
-        // Fenced: take nothing new, let in-flight deliveries finish within the bound.
-        let deadline = tokio::time::Instant::now() + self.context.config.rebalance_drain_timeout;
-        while !deliveries.is_empty() {
-            match tokio::time::timeout_at(deadline, deliveries.join_next()).await {
-                Ok(_) => self.store_committable(&mut stored),
-                Err(_) => {
-                    tracing::warn!(
-                        partition = self.partition,
-                        abandoned = deliveries.len(),
-                        "drain timed out; in-flight messages will be redelivered to the next owner"
-                    );
-                    // Dropping them is abandonment (the tracker is fenced), not loss: their
-                    // offsets are never committed.
-                    deliveries.shutdown().await;
-                    break;
-                }
-            }
+        // Fenced: take nothing new. What is open commits (exactly-once: past the bound it
+        // is aborted, and the next owner publishes those messages again, once); in-flight
+        // deliveries finish within the bound (at-least-once: past it they are abandoned,
+        // never committed, and the next owner publishes them again).
+        let drain_timeout = self.context.config.rebalance_drain_timeout;
+        self.commit_output(Some(std::time::Instant::now() + drain_timeout))
+            .await;
+        if let Drained::Abandoned(abandoned) = self
+            .output
+            .drain(tokio::time::Instant::now() + drain_timeout)
+            .await
+        {
+            tracing::warn!(
+                partition = self.partition,
+                abandoned,
+                "drain timed out; in-flight messages will be redelivered to the next owner"
+            );
         }
         self.store_committable(&mut stored);
         self.write_finished();
         WorkerExit {
-            committable: self.tracker.committable(),
+            committable: if self.output.commits_offsets() {
+                None
+            } else {
+                self.tracker.committable()
+            },
         }
     }
 
-    /// Commits the open transaction; false if this process was fenced (another owner
-    /// has the partition's transactional id), and the worker must stop.
-    async fn commit_transaction(&mut self, give_up_at: Option<std::time::Instant>) -> bool {
-        let Some(transactions) = self.transactions.as_mut() else {
-            return true;
-        };
-        let result = transactions
-            .commit(self.consumer.as_ref(), give_up_at)
-            .await;
-        let committed = transactions.committed_offset();
-        match result {
-            Ok(()) => {
+    /// Commits what the output holds open; false if this process was fenced (another
+    /// owner has the partition's transactional id), and the worker must stop.
+    async fn commit_output(&mut self, give_up_at: Option<std::time::Instant>) -> bool {
+        match self.output.commit(self.consumer.as_ref(), give_up_at).await {
+            Ok(committed) => {
                 if let Some(next) = committed {
                     self.record_finished(next);
                 }
@@ -210,18 +181,21 @@ impl PartitionWorker {
         match received {
             Ok(message) => Some(message.detach()),
             Err(error) => {
-                self.context.metrics.kafka_errors.inc();
-                tracing::warn!(partition = self.partition, %error, "error on the partition queue");
+                KafkaCallFailed {
+                    message: "error on the partition queue",
+                    partition: Some(self.partition),
+                    error: &error,
+                    level: tracing::Level::WARN,
+                }
+                .emit(&self.context.metrics);
                 None
             }
         }
     }
 
-    async fn process(
-        &mut self,
-        batch: Vec<(Reservation, OwnedMessage)>,
-        deliveries: &mut JoinSet<()>,
-    ) {
+    /// Decides a batch (its keys checked and inserted in one store call) and carries out
+    /// each message's [`route`](crate::routing::route).
+    async fn process(&mut self, batch: Vec<(Reservation, OwnedMessage)>) {
         let context = Arc::clone(&self.context);
         let metrics = &context.metrics;
         metrics.messages_in.inc_by(batch.len() as u64);
@@ -255,120 +229,47 @@ impl PartitionWorker {
         };
         let consumed = messages.len();
 
-        let publisher = &self.context.publisher;
+        let has_dead_letter = self.context.publisher.has_dead_letter();
         let mut outcomes = outcomes.into_iter();
         for ((ackable, message), key) in messages.into_iter().zip(parsed) {
-            let stored_key = key.as_ref().ok().copied();
-            let target = match key {
-                Ok(_) => match outcomes.next() {
-                    Some(Outcome::Unique) => {
-                        metrics.unique.inc();
-                        Some(Target::Output)
-                    }
-                    Some(Outcome::Redelivery) => {
-                        metrics.redelivery.inc();
-                        Some(Target::Output)
-                    }
-                    Some(Outcome::Duplicate { .. }) | None => {
-                        metrics.duplicate.inc();
-                        None
-                    }
-                },
-                Err(error) => {
-                    let reason = error.kind();
-                    let action = if publisher.has_dead_letter() {
-                        "dead_letter"
-                    } else {
-                        "pass_through"
-                    };
-                    metrics
-                        .malformed
-                        .get_or_create(&MalformedLabels { reason, action })
-                        .inc();
-                    tracing::debug!(partition = self.partition, offset = message.offset(), %error, action, "malformed message");
-                    Some(if publisher.has_dead_letter() {
-                        Target::DeadLetter { reason }
-                    } else {
-                        Target::Output
-                    })
+            let outcome = if key.is_ok() { outcomes.next() } else { None };
+            let decision = route(
+                &key,
+                outcome,
+                message.offset(),
+                self.catch_up_until,
+                has_dead_letter,
+            );
+            MessageDecided {
+                partition: self.partition,
+                offset: message.offset(),
+                verdict: decision.verdict,
+                error: key.as_ref().err(),
+            }
+            .emit(metrics);
+            match decision.route {
+                Route::CatchUp => {
+                    metrics.catch_up_messages.inc();
+                    ackable.ack();
                 }
-            };
-            if self
-                .catch_up_until
-                .is_some_and(|until| message.offset() < until)
-            {
-                metrics.catch_up_messages.inc();
-                ackable.ack();
-                continue;
-            }
-            let Some(target) = target else {
-                ackable.ack();
-                continue;
-            };
-            if let Some(transactions) = self.transactions.as_mut() {
-                // Final once the transaction commits; a failed commit publishes it again.
-                let forget = stored_key
-                    .filter(|_| target == Target::Output && publisher.has_dead_letter())
-                    .map(|key| (Arc::clone(&self.store), key));
-                transactions.publish(message, target, forget).await;
-                ackable.ack();
-                continue;
-            }
-            match publisher.enqueue(&message, target).await {
-                None => ackable.ack(), // no output topic: deduplicate and count only
-                Some(first) => {
-                    let publisher = Arc::clone(publisher);
-                    let metrics = Arc::clone(metrics);
-                    let max_attempts = self.context.config.publish_max_attempts;
-                    // Only an output message can end in the dead-letter topic by failing.
-                    let forget = stored_key
-                        .filter(|_| target == Target::Output && publisher.has_dead_letter())
-                        .map(|key| (Arc::clone(&self.store), key));
-                    deliveries.spawn(async move {
-                        let mut first = Some(first);
-                        let (publisher, message) = (&publisher, &message);
-                        let delivered = deliver_surviving_panics(
-                            |_| {
-                                let first = first.take();
-                                async move {
-                                    let attempt = match first {
-                                        Some(first) => first,
-                                        None => publisher
-                                            .enqueue(message, target)
-                                            .await
-                                            .unwrap_or(Err(KafkaError::Canceled)),
-                                    };
-                                    publisher.deliver(message, target, attempt).await
-                                }
-                            },
-                            max_attempts,
-                            &metrics,
-                            message,
-                        )
-                        .await;
-                        match delivered {
-                            Some(Delivered::Output | Delivered::Skipped) => ackable.ack(),
-                            Some(Delivered::DeadLetter) => {
-                                if let Some((store, key)) = forget {
-                                    forget_dead_lettered(&store, &key, message);
-                                }
-                                ackable.nack()
-                            }
-                            // Dropped unacked: never committed past, and the process
-                            // reports not live so that a restart redelivers it.
-                            None => drop(ackable),
-                        }
-                    });
+                Route::Drop => ackable.ack(),
+                Route::Publish {
+                    target,
+                    forget_key_if_dead_lettered,
+                } => {
+                    let forget =
+                        forget_key_if_dead_lettered.map(|key| (Arc::clone(&self.store), key));
+                    self.output.publish(message, target, forget, ackable).await;
                 }
             }
         }
         // Catch-up messages lie below the committed offset: committing their offsets
         // would move it back, and a crash would then publish them again.
-        let past_catch_up = self
+        if self
             .catch_up_until
-            .is_none_or(|until| last_offset + 1 > until);
-        if let Some(transactions) = self.transactions.as_mut().filter(|_| past_catch_up) {
-            transactions.consumed(last_offset + 1, consumed);
+            .is_none_or(|until| last_offset + 1 > until)
+        {
+            self.output.consumed(last_offset + 1, consumed);
         }
     }
 
@@ -419,8 +320,14 @@ impl PartitionWorker {
                 }
             };
             failures += 1;
-            self.context.metrics.store_errors.inc();
-            tracing::error!(partition = self.partition, %error, failures, "partition store write failed; retrying");
+            StoreCallFailed {
+                message: "partition store write failed; retrying",
+                partition: self.partition,
+                error: &error,
+                failures: Some(failures),
+                level: tracing::Level::ERROR,
+            }
+            .emit(&self.context.metrics);
             self.context.store_failed(self.partition, &error);
             let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
             let mut fence = self.fence.clone();
@@ -446,13 +353,19 @@ impl PartitionWorker {
             return;
         };
         if let Err(error) = self.store.record_finished_offset(next) {
-            self.context.metrics.store_errors.inc();
-            tracing::warn!(partition = self.partition, %error, "cannot record the finished offset in the store");
+            StoreCallFailed {
+                message: "cannot record the finished offset in the store",
+                partition: self.partition,
+                error: &error,
+                failures: None,
+                level: tracing::Level::WARN,
+            }
+            .emit(&self.context.metrics);
         }
     }
 
     fn store_committable(&mut self, stored: &mut Option<i64>) {
-        if self.transactions.is_some() {
+        if self.output.commits_offsets() {
             return; // offsets commit inside the transactions
         }
         let Some(next) = self.tracker.committable() else {
@@ -487,47 +400,6 @@ impl PartitionWorker {
     }
 }
 
-/// Runs `deliver` (one publication of `message`, with its own retries) and, when it
-/// panics (a bug: the outcome is unknown), publishes the message again, up to
-/// `max_attempts` panics: at-least-once, an original may go out twice, nothing is lost.
-/// `None` once every attempt panicked. A panic must not drop the message's ack silently,
-/// which would freeze the partition's commits while its pending offsets grow.
-pub(crate) async fn deliver_surviving_panics<F, Fut>(
-    mut deliver: F,
-    max_attempts: u32,
-    metrics: &Metrics,
-    message: &OwnedMessage,
-) -> Option<Delivered>
-where
-    F: FnMut(u32) -> Fut,
-    Fut: std::future::Future<Output = Delivered>,
-{
-    for attempt in 1..=max_attempts.max(1) {
-        match std::panic::AssertUnwindSafe(deliver(attempt))
-            .catch_unwind()
-            .await
-        {
-            Ok(delivered) => return Some(delivered),
-            Err(panic) => {
-                metrics.delivery_panics.inc();
-                let panic = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    attempt,
-                    panic,
-                    "a delivery panicked (a bug); publishing the message again"
-                );
-            }
-        }
-    }
-    None
-}
-
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -539,61 +411,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 pub(crate) async fn fenced(fence: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send: drop it here, not in the caller.
     let _ = fence.wait_for(|fenced| *fenced).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use prometheus_client::registry::Registry;
-    use rdkafka::Timestamp;
-
-    fn message() -> OwnedMessage {
-        OwnedMessage::new(
-            None,
-            None,
-            "in".into(),
-            Timestamp::NotAvailable,
-            3,
-            42,
-            None,
-        )
-    }
-
-    #[tokio::test]
-    async fn a_delivery_that_panics_is_published_again() {
-        let metrics = Metrics::new(&mut Registry::default());
-        let mut calls = 0;
-        let delivered = deliver_surviving_panics(
-            |attempt| {
-                calls += 1;
-                async move {
-                    if attempt == 1 {
-                        panic!("a bug in the first delivery");
-                    }
-                    Delivered::Output
-                }
-            },
-            5,
-            &metrics,
-            &message(),
-        )
-        .await;
-        assert_eq!(delivered, Some(Delivered::Output));
-        assert_eq!(calls, 2);
-        assert_eq!(metrics.delivery_panics.get(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_delivery_that_always_panics_gives_up_after_its_attempts() {
-        let metrics = Metrics::new(&mut Registry::default());
-        let delivered = deliver_surviving_panics(
-            |_| async { panic!("a bug in every delivery") },
-            3,
-            &metrics,
-            &message(),
-        )
-        .await;
-        assert_eq!(delivered, None);
-        assert_eq!(metrics.delivery_panics.get(), 3);
-    }
 }

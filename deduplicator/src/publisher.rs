@@ -22,6 +22,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Timestamp};
 
 use crate::config::Config;
+use crate::internal_events::{InternalEvent, PublishSkipped};
 use crate::metrics::Metrics;
 use std::sync::Arc;
 
@@ -42,24 +43,6 @@ pub enum Delivered {
     DeadLetter,
     /// Neither topic will ever take it: skipped, logged and counted.
     Skipped,
-}
-
-/// Counts and logs a message skipped because no broker will ever take it (`reason`, from
-/// [`is_permanent`]) after `attempts` tries; its offset is committed.
-pub(crate) fn report_skipped(
-    metrics: &Metrics,
-    message: &OwnedMessage,
-    error: &KafkaError,
-    reason: &'static str,
-    attempts: u32,
-) {
-    metrics
-        .publish_skipped
-        .get_or_create(&crate::metrics::ReasonLabels { reason })
-        .inc();
-    tracing::error!(partition = message.partition(), offset = message.offset(), %error,
-        attempts, reason, bytes = message.payload().map_or(0, <[u8]>::len),
-        "the message can never be published; skipped (its offset is committed)");
 }
 
 /// What becomes of a message whose publication to `target` failed `failures` times,
@@ -208,7 +191,13 @@ impl Publisher {
                 self.has_dead_letter(),
             ) {
                 AfterFailure::Skip(reason) => {
-                    report_skipped(&self.metrics, message, &error, reason, failures);
+                    PublishSkipped {
+                        message,
+                        error: &error,
+                        reason,
+                        attempts: failures,
+                    }
+                    .emit(&self.metrics);
                     return Delivered::Skipped;
                 }
                 AfterFailure::DeadLetter => {

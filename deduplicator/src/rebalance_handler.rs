@@ -41,14 +41,16 @@ use tokio::task::JoinHandle;
 
 use crate::checkpoint_exporter::{ChecksumCache, CHECKPOINT_LOCK_WAIT};
 use crate::context::Context;
+use crate::internal_events::{FinalCheckpointsTimedOut, InternalEvent, KafkaCallFailed};
 use crate::kafka_context::{DedupConsumer, DedupContext, PartitionQueue};
 use crate::message_tracker::PartitionTracker;
 use crate::metrics::{KindLabels, PartitionLabels};
 use crate::partition_restore::{
-    count_catch_up, is_new, offset_in, plan_start, prepare_store, Committed, Prepared,
+    count_catch_up, is_new, offset_in, plan_start, ready_where, rebuilds_window, Committed,
+    ReadyWhere,
 };
-use crate::partition_worker::{fenced, PartitionWorker, WorkerExit};
-use crate::transactional_publisher::TransactionalPublisher;
+use crate::partition_task::{PartitionTask, Start, StoreSlot};
+use crate::partition_worker::WorkerExit;
 
 /// How long a revocation waits, for all its partitions together, for the retention
 /// task or a checkpoint to let go of the stores it closes (RocksDB allows one open
@@ -59,16 +61,8 @@ const STORE_CLOSE_WAIT: Duration = Duration::from_secs(60);
 /// call before it is cancelled.
 const FINAL_STORE_CALL_ALLOWANCE: Duration = Duration::from_secs(5);
 
-/// A partition's transactional producer that cannot be initialised is tried again after
-/// this times the failures so far (at most 20 times it: 10 s).
-const TRANSACTIONS_RETRY_STEP: Duration = Duration::from_millis(500);
-
 /// How long to wait for the group coordinator's committed offsets on assignment.
 const COMMITTED_OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The store of a partition, once it is ready (at once without a remote, after the
-/// restore check with one).
-type StoreSlot = Arc<OnceLock<Arc<PartitionStore>>>;
 
 struct PartitionHandle {
     store: StoreSlot,
@@ -243,52 +237,9 @@ impl RebalanceHandler {
                 Some(list) => Committed::Known(offset_in(list, &topic, partition)),
                 None => Committed::Unknown,
             };
-            let start = match committed_offset {
-                Committed::Known(known) if self.context.loader.is_none() => {
-                    match self.open_store(&topic, partition) {
-                        // An empty store of a partition consumed before: the offset of
-                        // the window's start is looked up in the partition's task, off
-                        // this callback.
-                        Ok(store)
-                            if is_new(&store)
-                                && known.is_some_and(|c| c > 0)
-                                && self.context.config.catch_up_max_messages > 0 =>
-                        {
-                            Start::Prepare {
-                                generation,
-                                opened: Some(Box::new(store)),
-                            }
-                        }
-                        Ok(store) => {
-                            let plan = plan_start(&store, partition, known, None);
-                            count_catch_up(&self.context, &plan, false);
-                            let mut catch_up_until = plan.catch_up_until;
-                            if let Some(start) = plan.start {
-                                if let Err(error) = tpl_set(tpl, &topic, partition, start) {
-                                    tracing::warn!(partition, %error, "cannot set the start offset");
-                                    catch_up_until = None;
-                                }
-                            }
-                            Start::Ready {
-                                store: Box::new(store),
-                                catch_up_until,
-                            }
-                        }
-                        Err(error) => {
-                            // Without a store the partition cannot be deduplicated: do not
-                            // consume it (nothing is committed, nothing lost); report unhealthy.
-                            self.context.store_failed(partition, &error);
-                            tracing::error!(partition, %error, "cannot open the partition store; not consuming it");
-                            continue;
-                        }
-                    }
-                }
-                // Restore check (with a remote), or the committed offset read again, in
-                // the partition's task, off this callback.
-                _ => Start::Prepare {
-                    generation,
-                    opened: None,
-                },
+            let Some(start) = self.start_for(tpl, &topic, partition, committed_offset, generation)
+            else {
+                continue;
             };
             let Some(queue) = stream_consumer.split_partition_queue(&topic, partition) else {
                 tracing::error!(
@@ -311,6 +262,63 @@ impl RebalanceHandler {
             .assigned_partitions
             .set(self.partitions().len() as i64);
         generation
+    }
+
+    /// How an assigned partition's store gets ready; `None` when the partition cannot be
+    /// consumed (its store does not open). Without a remote and with the committed offset
+    /// known, the store is opened and planned here, and the partition's start offset set
+    /// in `tpl`; otherwise in the partition's task, off this callback.
+    fn start_for(
+        &self,
+        tpl: &mut TopicPartitionList,
+        topic: &str,
+        partition: i32,
+        committed: Committed,
+        generation: u64,
+    ) -> Option<Start> {
+        let known = match ready_where(committed, self.context.loader.is_some()) {
+            ReadyWhere::InTask => {
+                return Some(Start::Prepare {
+                    generation,
+                    opened: None,
+                })
+            }
+            ReadyWhere::Here { committed } => committed,
+        };
+        let store = match self.open_store(topic, partition) {
+            Ok(store) => store,
+            Err(error) => {
+                // Without a store the partition cannot be deduplicated: do not consume it
+                // (nothing is committed, nothing lost); report unhealthy.
+                self.context.store_failed(partition, &error);
+                tracing::error!(partition, %error, "cannot open the partition store; not consuming it");
+                return None;
+            }
+        };
+        if rebuilds_window(
+            is_new(&store),
+            known,
+            self.context.config.catch_up_max_messages,
+        ) {
+            // The offset of the window's start is looked up in the partition's task.
+            return Some(Start::Prepare {
+                generation,
+                opened: Some(Box::new(store)),
+            });
+        }
+        let plan = plan_start(&store, partition, known, None);
+        count_catch_up(&self.context, &plan, false);
+        let mut catch_up_until = plan.catch_up_until;
+        if let Some(start) = plan.start {
+            if let Err(error) = tpl_set(tpl, topic, partition, start) {
+                tracing::warn!(partition, %error, "cannot set the start offset");
+                catch_up_until = None;
+            }
+        }
+        Some(Start::Ready {
+            store: Box::new(store),
+            catch_up_until,
+        })
     }
 
     fn start_worker(
@@ -339,89 +347,20 @@ impl RebalanceHandler {
         let (fence, fence_rx) = watch::channel(false);
         let (stray, stray_rx) = mpsc::unbounded_channel();
         let slot: StoreSlot = Arc::new(OnceLock::new());
-        let worker_slot = Arc::clone(&slot);
-        let context = Arc::clone(&self.context);
-        let consumer = Arc::clone(consumer);
-        let tracker_for_worker = Arc::clone(&tracker);
-        let topic = topic.to_string();
-        let mut applied = self.applied.subscribe();
-        let task = self.runtime.spawn(async move {
-            let mut fence = fence_rx.clone();
-            // Exactly-once: initialise the partition's transactional id first, which fences
-            // the previous owner and completes or aborts its open transaction; only then
-            // is the committed offset read (in the preparation below).
-            let transactions = if context.config.exactly_once() {
-                let started = tokio::select! {
-                    biased;
-                    _ = fenced(&mut fence) => None,
-                    started = start_transactions(&context, partition) => started,
-                };
-                match started {
-                    Some(transactions) => Some(transactions),
-                    None => return WorkerExit { committable: None },
-                }
-            } else {
-                None
-            };
-            let (store, catch_up_until) = match start {
-                Start::Ready {
-                    store,
-                    catch_up_until,
-                } => (*store, catch_up_until),
-                Start::Prepare { generation, opened } => {
-                    let prepared = tokio::select! {
-                        biased;
-                        _ = fenced(&mut fence) => None,
-                        prepared = async {
-                            // Pausing or seeking needs the partition assigned first.
-                            let _ = applied.wait_for(|g| *g >= generation).await;
-                            prepare_store(&context, &consumer, &topic, partition, committed, opened.map(|s| *s)).await
-                        } => prepared,
-                    };
-                    match prepared {
-                        Some(Prepared {
-                            store,
-                            catch_up_until,
-                            committed,
-                        }) => {
-                            if let Some(committed) = committed {
-                                tracker_for_worker.raise_floor(committed);
-                                context
-                                    .metrics
-                                    .committed_offset
-                                    .get_or_create(&PartitionLabels { partition })
-                                    .set(committed);
-                            }
-                            (store, catch_up_until)
-                        }
-                        None => return WorkerExit { committable: None },
-                    }
-                }
-            };
-            let store = Arc::new(store);
-            let _ = worker_slot.set(Arc::clone(&store));
-            tracing::info!(
-                partition,
-                ?committed,
-                ?catch_up_until,
-                "partition store ready; consuming"
-            );
-            PartitionWorker {
-                topic,
-                partition,
-                queue,
-                store,
-                tracker: tracker_for_worker,
-                context,
-                consumer,
-                catch_up_until,
-                fence: fence_rx,
-                transactions,
-                finished: None,
-            }
-            .run(stray_rx)
-            .await
-        });
+        let task = PartitionTask {
+            context: Arc::clone(&self.context),
+            consumer: Arc::clone(consumer),
+            topic: topic.to_string(),
+            partition,
+            committed,
+            queue,
+            tracker: Arc::clone(&tracker),
+            fence: fence_rx,
+            stray: stray_rx,
+            slot: Arc::clone(&slot),
+            applied: self.applied.subscribe(),
+        };
+        let task = self.runtime.spawn(task.run(start));
         tracing::info!(partition, ?committed, "partition assigned");
         self.partitions().insert(
             partition,
@@ -531,8 +470,13 @@ impl RebalanceHandler {
         }
         if offsets.count() > 0 {
             if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
-                self.context.metrics.kafka_errors.inc();
-                tracing::warn!(%error, "committing revoked partitions failed; their next owner will see redeliveries");
+                KafkaCallFailed {
+                    message: "committing revoked partitions failed; their next owner will see redeliveries",
+                    partition: None,
+                    error: &error,
+                    level: tracing::Level::WARN,
+                }
+                .emit(&self.context.metrics);
             }
         }
         if !consumer.assignment_lost() {
@@ -579,12 +523,11 @@ impl RebalanceHandler {
                 "final checkpoints of the partitions given up"
             ),
             Err(_) => {
-                crate::metrics::Metrics::count(
-                    &self.context.metrics.checkpoint_uploads,
-                    "final_timed_out",
-                );
-                tracing::warn!(?partitions, ?timeout,
-                    "final checkpoints not done within FINAL_CHECKPOINT_TIMEOUT; cancelled: the next owners restore older checkpoints and replay the rest");
+                FinalCheckpointsTimedOut {
+                    partitions: &partitions,
+                    timeout,
+                }
+                .emit(&self.context.metrics);
             }
         }
     }
@@ -660,57 +603,6 @@ impl RebalanceHandler {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// The partition's transactional producer, retried until the brokers answer (the caller
-/// drops this future when the partition is revoked first). A fatal error (brokers
-/// without transactions, a transactional id this client may not use) is not retried as
-/// if it were transient: `None`, and the process is not live, with the error as reason.
-async fn start_transactions(
-    context: &Arc<Context>,
-    partition: i32,
-) -> Option<TransactionalPublisher> {
-    let mut failures = 0u32;
-    loop {
-        match TransactionalPublisher::start(
-            &context.config,
-            partition,
-            Arc::clone(&context.metrics),
-        )
-        .await
-        {
-            Ok(transactions) => return Some(transactions),
-            Err(KafkaError::Transaction(error)) if error.is_fatal() => {
-                context.metrics.kafka_errors.inc();
-                tracing::error!(partition, %error, "the brokers refuse this partition's transactional producer (do they support transactions, and may this client use the transactional id?); OUTPUT_GUARANTEE=exactly-once cannot work, the partition is not consumed");
-                context.health.set_not_live(format!(
-                    "partition {partition}: exactly-once output refused by the brokers: {error}"
-                ));
-                return None;
-            }
-            Err(error) => {
-                failures += 1;
-                context.metrics.kafka_errors.inc();
-                tracing::error!(partition, %error, failures, "cannot initialise the partition's transactional producer; retrying");
-                tokio::time::sleep(TRANSACTIONS_RETRY_STEP * failures.min(20)).await;
-            }
-        }
-    }
-}
-
-/// How a partition's worker gets its store.
-enum Start {
-    /// Opened and planned in the rebalance callback (no remote).
-    Ready {
-        store: Box<PartitionStore>,
-        catch_up_until: Option<i64>,
-    },
-    /// Restore check, open (unless `opened`) and plan in the partition's task once
-    /// assignment `generation` is applied.
-    Prepare {
-        generation: u64,
-        opened: Option<Box<PartitionStore>>,
-    },
 }
 
 fn tpl_set(

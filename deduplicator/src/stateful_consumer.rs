@@ -21,8 +21,9 @@ use tokio::runtime::Handle;
 use crate::checkpoint_exporter::CheckpointExporter;
 use crate::config::Config;
 use crate::context::Context;
+use crate::internal_events::{InternalEvent, KafkaCallFailed, KeysEvicted, StoreCallFailed};
 use crate::kafka_context::{DedupConsumer, DedupContext};
-use crate::metrics::{KindLabels, Metrics, PartitionLabels};
+use crate::metrics::{Metrics, PartitionLabels};
 use crate::ownership_record::owner_record_loop;
 use crate::publisher::{client_id, Publisher};
 use crate::rebalance_handler::RebalanceHandler;
@@ -169,10 +170,13 @@ impl StatefulKafkaConsumer {
                     });
                 }
                 Ok(Ok(Some(None))) => tracing::debug!(setting, topic, "topic exists"),
-                other => {
-                    self.context.metrics.kafka_errors.inc();
-                    tracing::warn!(setting, topic, answer = ?other.map(|r| r.map(|_| ())), "cannot tell whether the topic exists; starting anyway");
+                other => KafkaCallFailed {
+                    message: "cannot tell whether the topic exists; starting anyway",
+                    partition: None,
+                    error: &format!("{setting}={topic}: {:?}", other.map(|r| r.map(|_| ()))),
+                    level: tracing::Level::WARN,
                 }
+                .emit(&self.context.metrics),
             }
         }
         Ok(())
@@ -227,10 +231,13 @@ impl StatefulKafkaConsumer {
                             tracing::warn!(partition, "message for a partition not owned; it stays uncommitted");
                         }
                     }
-                    Err(error) => {
-                        self.context.metrics.kafka_errors.inc();
-                        tracing::warn!(%error, "consumer error");
+                    Err(error) => KafkaCallFailed {
+                        message: "consumer error",
+                        partition: None,
+                        error: &error,
+                        level: tracing::Level::WARN,
                     }
+                    .emit(&self.context.metrics),
                 },
             }
         }
@@ -378,27 +385,27 @@ async fn retention_loop(handler: Arc<RebalanceHandler>) {
                         } else {
                             "window"
                         };
-                        metrics
-                            .evicted_keys
-                            .get_or_create(&KindLabels { kind })
-                            .inc_by(eviction.keys_evicted);
-                        tracing::info!(
+                        KeysEvicted {
                             partition,
-                            keys = eviction.keys_evicted,
+                            keys: eviction.keys_evicted,
                             kind,
-                            cutoff_ms = eviction.cutoff_ms,
-                            "evicted old keys"
-                        );
+                            cutoff_ms: eviction.cutoff_ms,
+                        }
+                        .emit(metrics);
                     }
                     metrics
                         .store_size_bytes
                         .get_or_create(&PartitionLabels { partition })
                         .set(eviction.size_after as i64);
                 }
-                Ok(Err(error)) => {
-                    metrics.store_errors.inc();
-                    tracing::error!(partition, %error, "retention failed");
+                Ok(Err(error)) => StoreCallFailed {
+                    message: "retention failed",
+                    partition,
+                    error: &error,
+                    failures: None,
+                    level: tracing::Level::ERROR,
                 }
+                .emit(metrics),
                 Err(error) => tracing::error!(partition, %error, "retention task failed"),
             }
         }

@@ -42,10 +42,11 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::internal_events::{InternalEvent, PublishSkipped, TransactionFenced};
 use crate::metrics::Metrics;
 use crate::publisher::{
     after_failure, backoff, client_id, forget_dead_lettered, is_permanent, report_dead_lettered,
-    report_skipped, send, AfterFailure, Target,
+    send, AfterFailure, Target,
 };
 
 /// The pause before a commit whose call timed out is resumed.
@@ -249,7 +250,13 @@ impl TransactionalPublisher {
                     // Refused before it was sent (larger than the producer's
                     // message.max.bytes): no retry or abort can mend it, and aborting
                     // would only repeat it.
-                    report_skipped(&self.metrics, &record.message, &error, reason, 1);
+                    PublishSkipped {
+                        message: &record.message,
+                        error: &error,
+                        reason,
+                        attempts: 1,
+                    }
+                    .emit(&self.metrics);
                     return;
                 }
                 // Not the message's own failure (a transaction that must abort, a topic
@@ -459,9 +466,12 @@ impl TransactionalPublisher {
 
     fn fenced(&mut self, source: KafkaError) -> TransactionError {
         self.open = None;
-        crate::metrics::Metrics::count(&self.metrics.transactions, "fenced");
-        tracing::error!(partition = self.partition, transactional_id = self.transactional_id, %source,
-            "producer fenced: another owner took the partition; its messages are left to that owner");
+        TransactionFenced {
+            partition: self.partition,
+            transactional_id: &self.transactional_id,
+            error: &source,
+        }
+        .emit(&self.metrics);
         TransactionError::Fenced {
             transactional_id: self.transactional_id.clone(),
             source,
@@ -559,13 +569,13 @@ impl TransactionalPublisher {
                 true
             }
             AfterFailure::Skip(reason) => {
-                report_skipped(
-                    &self.metrics,
-                    &record.message,
-                    &error,
+                PublishSkipped {
+                    message: &record.message,
+                    error: &error,
                     reason,
-                    record.failures,
-                );
+                    attempts: record.failures,
+                }
+                .emit(&self.metrics);
                 false
             }
         }

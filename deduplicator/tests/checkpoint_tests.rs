@@ -1,15 +1,13 @@
 //! Checkpoints through the real binary: partition state that follows its partition
 //! between processes with separate store directories (as two pods have), through S3
-//! (`moto_server`, see `support::test_s3`), and consumption that does not wait for an
+//! (`moto_server`, see `dedup_testkit::test_s3`), and consumption that does not wait for an
 //! unreachable S3. Kafka is the real broker of `KAFKA_TEST_BOOTSTRAP_SERVERS`.
-
-mod support;
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use dedup_testkit::*;
 
 const PARTITIONS: i32 = 4;
 const WAIT: Duration = Duration::from_secs(90);

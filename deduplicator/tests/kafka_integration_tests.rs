@@ -3,14 +3,12 @@
 //!
 //! Every wait is for a condition with a deadline, never a fixed sleep.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use dedup_testkit::*;
 use rdkafka::message::Headers;
 use rdkafka::Message;
-use support::*;
 
 const PARTITIONS: i32 = 4;
 const WAIT: Duration = Duration::from_secs(90);

@@ -4,16 +4,14 @@
 //! deduplicator starts on volume B and drops every replayed earlier event.
 //!
 //! Real processes: the `deduplicator` and `restorer` binaries, the real Kafka broker
-//! (`KAFKA_TEST_BOOTSTRAP_SERVERS`) and `moto_server` (see `support::test_s3`). The
+//! (`KAFKA_TEST_BOOTSTRAP_SERVERS`) and `moto_server` (see `dedup_testkit::test_s3`). The
 //! restorer binary is the workspace's (`cargo test` at the root builds it).
-
-mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use dedup_testkit::*;
 
 const PARTITIONS: i32 = 4;
 const WAIT: Duration = Duration::from_secs(90);

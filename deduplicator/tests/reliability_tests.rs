@@ -1,14 +1,12 @@
 //! Reliability under faults, driving the real binary as a separate process against the
-//! real Kafka broker (`KAFKA_TEST_BOOTSTRAP_SERVERS`) and moto (`support::test_s3`).
+//! real Kafka broker (`KAFKA_TEST_BOOTSTRAP_SERVERS`) and moto (`dedup_testkit::test_s3`).
 //!
 //! Short versions run in CI; `DEDUP_RELIABILITY_CYCLES=20` runs the long crash loop.
-
-mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::*;
+use dedup_testkit::*;
 
 const PARTITIONS: i32 = 4;
 const WAIT: Duration = Duration::from_secs(120);

@@ -6,12 +6,11 @@
 //! readers. librdkafka's mock cluster does none of these, so under the mock tier
 //! (`DEDUP_TEST_KAFKA=mock`, local runs only) these tests say so and skip.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use dedup_testkit::*;
 use deduplicator::metrics::Metrics;
 use deduplicator::publisher::Target;
 use deduplicator::transactional_publisher::{TransactionError, TransactionalPublisher};
@@ -20,7 +19,6 @@ use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Offset, Timestamp, TopicPartitionList};
-use support::*;
 
 const PARTITIONS: i32 = 4;
 const WAIT: Duration = Duration::from_secs(120);

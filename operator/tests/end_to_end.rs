@@ -178,7 +178,7 @@ fn s3_request(endpoint: &str, method: &str, path: &str) -> (u16, String) {
 }
 
 fn s3_endpoint() -> String {
-    std::env::var("DEDUP_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
+    dedup_testkit::services::s3_endpoint()
 }
 
 /// Everything a scenario works with.

@@ -47,7 +47,7 @@ fn run_kubernetes_validate(files: &[PathBuf]) -> Option<(bool, String)> {
             );
             Some((output.status.success(), report))
         }
-        Err(error) if dedup_core::test_services::may_skip("DEDUP_ALLOW_MISSING_TOOLS") => {
+        Err(error) if dedup_testkit::services::may_skip("DEDUP_ALLOW_MISSING_TOOLS") => {
             eprintln!("skipping: kubernetes-validate not runnable ({error}) and DEDUP_ALLOW_MISSING_TOOLS=1");
             None
         }

@@ -22,7 +22,7 @@ const CHART: &str = "charts/kafka-deduplicator";
 fn run(tool: &str, args: &[&str]) -> Option<String> {
     let output = match Command::new(tool).args(args).current_dir(repo_root()).output() {
         Ok(output) => output,
-        Err(error) if dedup_core::test_services::may_skip("DEDUP_ALLOW_MISSING_TOOLS") => {
+        Err(error) if dedup_testkit::services::may_skip("DEDUP_ALLOW_MISSING_TOOLS") => {
             eprintln!("skipping: {tool} not runnable ({error}) and DEDUP_ALLOW_MISSING_TOOLS=1");
             return None;
         }

@@ -17,7 +17,9 @@ pub mod config;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dedup_core::checkpoint::loader::{local_next_offset, CheckpointLoader, LoadOutcome};
+use dedup_core::checkpoint::loader::{
+    local_next_offset, AfterRestore, CheckpointLoader, LoadOutcome, RestoreEnded,
+};
 use dedup_core::checkpoint::manifest::{owner_key, OwnerRecord};
 use dedup_core::checkpoint::remote::{CheckpointRemote, Remote};
 use dedup_core::checkpoint::transfer::{Progress, RestoreOutcome};
@@ -222,38 +224,14 @@ async fn restore_partition(
     };
     let outcome = loader.load(topic, partition, &dir, local).await;
     let seconds = started.elapsed().as_secs_f64();
-    for (checkpoint, reason) in outcome.skipped() {
-        tracing::warn!(
-            partition,
-            checkpoint,
-            reason,
-            "remote checkpoint unusable; tried an older one"
-        );
+    RestoreEnded {
+        partition,
+        local,
+        outcome: &outcome,
+        seconds,
+        after: AfterRestore::RetriedOnAssignment,
     }
-    match &outcome {
-        LoadOutcome::Finished(RestoreOutcome::Restored {
-            checkpoint_id,
-            next_offset,
-            bytes,
-            files_resumed,
-            ..
-        }) => tracing::info!(partition, checkpoint_id, ?next_offset, bytes, files_resumed,
-            seconds, mb_per_s = *bytes as f64 / 1e6 / seconds.max(1e-9),
-            "partition restored"),
-        LoadOutcome::Finished(RestoreOutcome::NotNewer { local_next_offset, remote_next_offset, .. }) => {
-            tracing::info!(partition, local_next_offset, ?remote_next_offset,
-                "local store is as recent as the remote checkpoints; kept")
-        }
-        LoadOutcome::Finished(RestoreOutcome::NoCheckpoint) => {
-            tracing::info!(partition, "no remote checkpoint for this partition; nothing to restore")
-        }
-        LoadOutcome::Finished(RestoreOutcome::AllCorrupt { .. }) => tracing::warn!(partition,
-            "every remote checkpoint of this partition is unusable; the deduplicator will start it from its local or an empty store"),
-        LoadOutcome::Failed { attempts, error } => tracing::warn!(partition, attempts, error,
-            "remote unreachable; the deduplicator will restore on assignment"),
-        LoadOutcome::TimedOut { after } => tracing::warn!(partition, ?after,
-            "RESTORE_TIMEOUT passed; the deduplicator will restore on assignment"),
-    }
+    .log();
     PartitionReport {
         topic: topic.to_string(),
         partition,

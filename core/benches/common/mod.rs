@@ -1,6 +1,7 @@
 //! The key stream the store benchmarks share.
 
 use dedup_core::key::{EventKey, StoredKey};
+use dedup_testkit::rng::Rng;
 
 /// Events per `check_and_insert` call.
 pub const BATCH: usize = 1_000;
@@ -12,7 +13,7 @@ pub const DUPLICATE_RATIOS: [u32; 3] = [0, 10, 50];
 /// copies of a recent event, timestamps moving forward.
 pub struct KeyStream {
     next_id: u64,
-    rng: u64,
+    rng: Rng,
     duplicate_percent: u32,
     recent: Vec<StoredKey>,
 }
@@ -21,18 +22,14 @@ impl KeyStream {
     pub fn new(duplicate_percent: u32, first_id: u64) -> Self {
         Self {
             next_id: first_id,
-            rng: 0x9E37_79B9_7F4A_7C15 ^ first_id,
+            rng: Rng::new(0x9E37_79B9_7F4A_7C15 ^ first_id),
             duplicate_percent,
             recent: Vec::with_capacity(4096),
         }
     }
 
     fn random(&mut self) -> u64 {
-        // xorshift64*: cheap and deterministic.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.rng.next_u64()
     }
 
     pub fn next_key(&mut self) -> StoredKey {

@@ -67,6 +67,111 @@ impl LoadOutcome {
     }
 }
 
+/// Who restored, and so what follows when nothing was restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRestore {
+    /// The deduplicator, on assignment: the partition starts from its local or an empty
+    /// store (an error: copies of earlier events may pass).
+    StartsWithout,
+    /// The restorer, before the pod starts: the deduplicator tries again on assignment
+    /// (a warning).
+    RetriedOnAssignment,
+}
+
+/// The end of one partition's restore, logged the same way by the deduplicator and the
+/// restorer: one line per unusable checkpoint skipped, one for the outcome. Each caller
+/// counts it in its own metrics.
+pub struct RestoreEnded<'a> {
+    pub partition: i32,
+    /// The local store's next offset before the restore.
+    pub local: Option<i64>,
+    pub outcome: &'a LoadOutcome,
+    pub seconds: f64,
+    pub after: AfterRestore,
+}
+
+impl RestoreEnded<'_> {
+    pub fn log(&self) {
+        let Self {
+            partition,
+            local,
+            seconds,
+            after,
+            ..
+        } = *self;
+        for (checkpoint, reason) in self.outcome.skipped() {
+            tracing::warn!(
+                partition,
+                checkpoint,
+                reason,
+                "remote checkpoint unusable; trying an older one"
+            );
+        }
+        let fallback = match after {
+            AfterRestore::StartsWithout => "starting from the local or an empty store",
+            AfterRestore::RetriedOnAssignment => "the deduplicator will try again on assignment",
+        };
+        let failure = |what: &str, detail: &dyn std::fmt::Display| match after {
+            AfterRestore::StartsWithout => {
+                tracing::error!(partition, ?local, detail = %detail, "{what}; {fallback}")
+            }
+            AfterRestore::RetriedOnAssignment => {
+                tracing::warn!(partition, ?local, detail = %detail, "{what}; {fallback}")
+            }
+        };
+        match self.outcome {
+            LoadOutcome::Finished(RestoreOutcome::Restored {
+                checkpoint_id,
+                next_offset,
+                bytes,
+                files_resumed,
+                ..
+            }) => tracing::info!(
+                partition,
+                checkpoint_id,
+                ?next_offset,
+                ?local,
+                bytes,
+                files_resumed,
+                seconds,
+                mb_per_s = *bytes as f64 / 1e6 / seconds.max(1e-9),
+                "partition restored"
+            ),
+            LoadOutcome::Finished(RestoreOutcome::NotNewer {
+                local_next_offset,
+                remote_next_offset,
+                ..
+            }) => tracing::info!(
+                partition,
+                local_next_offset,
+                ?remote_next_offset,
+                "local store is as recent as the remote checkpoints; kept"
+            ),
+            LoadOutcome::Finished(RestoreOutcome::NoCheckpoint) => tracing::info!(
+                partition,
+                ?local,
+                "no remote checkpoint for this partition; {}",
+                match after {
+                    AfterRestore::StartsWithout => fallback,
+                    AfterRestore::RetriedOnAssignment => "nothing to restore",
+                }
+            ),
+            LoadOutcome::Finished(RestoreOutcome::AllCorrupt { skipped }) => failure(
+                "every remote checkpoint is unusable",
+                &format!("{} checkpoints", skipped.len()),
+            ),
+            LoadOutcome::Failed { attempts, error } => failure(
+                "checkpoint remote unreachable",
+                &format!("{attempts} attempts, last: {error}"),
+            ),
+            LoadOutcome::TimedOut { after } => failure(
+                "restore timed out (RESTORE_TIMEOUT)",
+                &format!("after {after:?}"),
+            ),
+        }
+    }
+}
+
 impl CheckpointLoader {
     /// Restores `{topic}/{partition}` into `store_dir` unless the local store there
     /// (whose next offset is `local_next_offset`) is at least as far ahead as every

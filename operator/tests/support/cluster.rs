@@ -64,7 +64,7 @@ pub fn kubectl_in(args: &[&str], stdin: Option<&str>) -> String {
 /// A client of the test control plane, or `None` when the test may skip.
 pub async fn cluster() -> Option<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
-        if dedup_core::test_services::may_skip("DEDUP_ALLOW_MISSING_SERVICES") {
+        if dedup_testkit::services::may_skip("DEDUP_ALLOW_MISSING_SERVICES") {
             eprintln!("skipping: no KUBECONFIG and DEDUP_ALLOW_MISSING_SERVICES=1");
             return None;
         }
