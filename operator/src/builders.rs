@@ -97,6 +97,16 @@ pub fn config_map_name(cluster: &DedupCluster) -> String {
     format!("{}-config", cluster.name_any())
 }
 
+/// The cluster's consumer group: `kafka.consumerGroup`, or the cluster's name.
+pub fn consumer_group(cluster: &DedupCluster) -> String {
+    cluster
+        .spec
+        .kafka
+        .consumer_group
+        .clone()
+        .unwrap_or_else(|| cluster.name_any())
+}
+
 /// The settings of both containers, under the deduplicator's own variable names.
 pub fn config_data(cluster: &DedupCluster) -> BTreeMap<String, String> {
     let spec = &cluster.spec;
@@ -106,13 +116,7 @@ pub fn config_data(cluster: &DedupCluster) -> BTreeMap<String, String> {
     };
     set(env::KAFKA_HOSTS, spec.kafka.bootstrap_servers.clone());
     set(env::KAFKA_CONSUMER_TOPIC, spec.kafka.input_topic.clone());
-    set(
-        env::KAFKA_CONSUMER_GROUP,
-        spec.kafka
-            .consumer_group
-            .clone()
-            .unwrap_or_else(|| cluster.name_any()),
-    );
+    set(env::KAFKA_CONSUMER_GROUP, consumer_group(cluster));
     if let Some(topic) = &spec.kafka.output_topic {
         set(env::OUTPUT_TOPIC, topic.clone());
     }

@@ -100,6 +100,10 @@ pub struct Context {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Per cluster (`namespace/name`), the most replicas seen since the last departure:
+    /// the pods of a scale-down, whose static members leave the group once they are gone
+    /// ([`crate::group_departure`]).
+    pub members_seen: std::sync::Mutex<std::collections::HashMap<String, i32>>,
 }
 
 impl Context {
@@ -112,6 +116,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            members_seen: Default::default(),
         }
     }
 }
@@ -126,7 +131,7 @@ pub async fn reconcile(cluster: Arc<DedupCluster>, ctx: Arc<Context>) -> Result<
     result
 }
 
-async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(cluster: &DedupCluster, ctx: &Arc<Context>) -> Result<Action, Error> {
     let namespace = cluster.namespace().ok_or(Error::MissingObjectKey)?;
     let name = cluster.name_any();
     let clusters: Api<DedupCluster> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -207,6 +212,7 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
         };
 
     ctx.metrics.note_success(&name);
+    let departing = crate::group_departure::after_reconcile(ctx, cluster).await;
     // A refused volume expansion: everything else is applied (on the volumes as they
     // are), and Degraded says why the size is not.
     let degraded = storage_refused
@@ -233,6 +239,10 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Context) -> Result<Action
     }
     if status != previous {
         write_status(&clusters, &name, &status).await?;
+    }
+    if departing {
+        // Pods of a scale-down are still terminating: look again soon.
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     Ok(Action::requeue(RESYNC))
 }
@@ -347,10 +357,24 @@ async fn write_status(
     name: &str,
     status: &DedupClusterStatus,
 ) -> Result<(), Error> {
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&status_patch(status)),
+    )
+    .await?;
     Ok(())
+}
+
+/// The controller's merge patch of a status. `status.autoscaling` is left out: it is the
+/// autoscaler's to write, the controller's copy may be older, and a merge patch leaves a
+/// field it does not name alone.
+pub fn status_patch(status: &DedupClusterStatus) -> serde_json::Value {
+    let status = DedupClusterStatus {
+        autoscaling: None,
+        ..status.clone()
+    };
+    serde_json::json!({ "status": status })
 }
 
 pub(crate) async fn publish_event(
@@ -360,11 +384,24 @@ pub(crate) async fn publish_event(
     reason: &str,
     note: &str,
 ) {
+    publish_action_event(ctx, cluster, type_, reason, note, "Reconcile").await;
+}
+
+/// An Event about `cluster` for `action` (Reconcile, Autoscale); a failure to publish is
+/// logged at debug (Events are best effort).
+pub(crate) async fn publish_action_event(
+    ctx: &Context,
+    cluster: &DedupCluster,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+    action: &str,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
         note: Some(note.into()),
-        action: "Reconcile".into(),
+        action: action.into(),
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
@@ -545,6 +582,7 @@ pub fn observed_status(
         label_selector: Some(builders::selector_string(cluster)),
         observed_generation: generation,
         conditions,
+        autoscaling: previous.autoscaling.clone(),
     }
 }
 
@@ -631,7 +669,9 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
     let ctx = Arc::new(Context::new(client, Arc::clone(&metrics)));
-    Controller::for_stream(cluster_changes, reader)
+    // The lag autoscaler, over the same store; it stops with the controller.
+    let autoscaler = crate::autoscaler::run(reader.clone(), Arc::clone(&ctx));
+    let controller = Controller::for_stream(cluster_changes, reader)
         .watches_stream(secret_changes, move |secret: PartialObjectMeta<Secret>| {
             let name = secret.name_any();
             let secret_namespace = secret.namespace();
@@ -658,6 +698,9 @@ pub async fn run(
                 Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
                 Err(error) => tracing::debug!(%error, "reconcile stream error"),
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        _ = controller => {}
+        _ = autoscaler => {}
+    }
 }

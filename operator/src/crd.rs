@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
     scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.labelSelector"}"#,
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.autoscaling.lag"}"#,
+    printcolumn = r#"{"name":"Target","type":"integer","jsonPath":".spec.autoscaling.targetLagPerReplica"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Condition","type":"string","jsonPath":".status.conditions[?(@.status==\"True\")].type"}"#
 )]
@@ -44,6 +46,8 @@ use serde::{Deserialize, Serialize};
         .message("kafka.outputTopic must differ from kafka.inputTopic, or every event would be consumed again"),
     validation = Rule::new("!has(self.kafka.properties) || self.kafka.properties.all(k, !(k.contains('password') || k.contains('secret') || k.contains('jaas') || k.endsWith('key.pem') || k == 'sasl.oauthbearer.config'))")
         .message("kafka.properties must not hold secrets (passwords, sasl.jaas.config, client secrets, private keys): take them from a Secret with kafka.secretProperties"),
+    validation = Rule::new("!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas")
+        .message("autoscaling.minReplicas must not be above autoscaling.maxReplicas"),
     validation = Rule::new("!has(self.checkpoint.interval) || !self.checkpoint.interval.matches('^0+(ms|s|m|h|d)?$')")
         .message("checkpoint.interval 0 turns checkpoints off, and a partition that moves would start with an empty store; set an interval above 0")
 )]
@@ -142,6 +146,104 @@ pub struct DedupClusterSpec {
     #[serde(default = "default_grace")]
     #[schemars(range(min = 10))]
     pub termination_grace_period_seconds: i64,
+
+    /// Scale on the consumer group's lag: the operator reads the lag from Kafka and sets
+    /// `replicas` itself (a `kubectl scale` is then overridden at the next decision).
+    /// Unset: `replicas` is left to you (or to an HPA/KEDA on the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// Autoscaling on consumer lag (docs/operator.md, "Autoscaling"). Replicas =
+/// ⌈lag ÷ targetLagPerReplica⌉, within minReplicas..maxReplicas and never above the input
+/// topic's partition count, stabilised like the HPA's: a scale-up follows the lowest
+/// recommendation of its window, a scale-down the highest of its own.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Fewest pods (default 1).
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+
+    /// Most pods (capped at the input topic's partition count).
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+
+    /// Messages of lag (the group's end offsets minus its committed offsets, summed over
+    /// the input topic's partitions) each pod should have at most.
+    #[schemars(range(min = 1))]
+    pub target_lag_per_replica: i64,
+
+    /// Seconds between lag readings and decisions (default 15).
+    #[serde(default = "default_poll_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub poll_interval_seconds: i32,
+
+    /// How fast pods are added.
+    #[serde(default = "ScalingRules::default_up")]
+    pub scale_up: ScalingRules,
+
+    /// How fast pods are removed.
+    #[serde(default = "ScalingRules::default_down")]
+    pub scale_down: ScalingRules,
+}
+
+/// The pace of one direction of scaling.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// Seconds of recommendations a change must agree with: the lowest of them for a
+    /// scale-up, the highest for a scale-down. Default 0 up, 300 down.
+    #[schemars(range(min = 0, max = 3600))]
+    pub stabilization_window_seconds: i32,
+
+    /// Most pods added or removed by one decision. Default 4 up, 1 down.
+    #[schemars(range(min = 1))]
+    pub max_step: i32,
+}
+
+impl ScalingRules {
+    pub fn default_up() -> Self {
+        Self {
+            stabilization_window_seconds: 0,
+            max_step: 4,
+        }
+    }
+
+    pub fn default_down() -> Self {
+        Self {
+            stabilization_window_seconds: 300,
+            max_step: 1,
+        }
+    }
+}
+
+/// What the autoscaler saw and decided last.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// The group's lag on the input topic at the last reading, in messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// Partitions of the input topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// Replicas the last reading alone asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended_replicas: Option<i32>,
+    /// Replicas decided after stabilisation and step limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// Why: the decision, or why none could be made (lag unreadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the lag was last read (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reading_time: Option<String>,
+    /// When the autoscaler last changed `spec.replicas` (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
 }
 
 /// Additions to the pods' template, in the spirit of Strimzi's `template` and the Flink
@@ -363,6 +465,9 @@ pub struct DedupClusterStatus {
     /// Ready, Progressing and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The lag autoscaler's last reading and decision (with `spec.autoscaling`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
 }
 
 /// The defaults a spec gets from the schema and serde; Kafka and S3 fields, which have
@@ -387,8 +492,17 @@ impl Default for DedupClusterSpec {
             tolerations: None,
             affinity: None,
             termination_grace_period_seconds: default_grace(),
+            autoscaling: None,
         }
     }
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_poll_seconds() -> i32 {
+    15
 }
 
 fn default_replicas() -> i32 {
@@ -523,6 +637,29 @@ impl DedupClusterSpec {
         if let Some(capacity) = &self.dedup.max_store_capacity {
             if let Err(message) = dedup_core::config::parse_bytes(capacity) {
                 return invalid("dedup.maxStoreCapacity", message);
+            }
+        }
+        if let Some(autoscaling) = &self.autoscaling {
+            if autoscaling.min_replicas < 1 || autoscaling.max_replicas < 1 {
+                return invalid(
+                    "autoscaling",
+                    "minReplicas and maxReplicas must be at least 1".into(),
+                );
+            }
+            if autoscaling.min_replicas > autoscaling.max_replicas {
+                return invalid(
+                    "autoscaling.minReplicas",
+                    format!(
+                        "{} is above autoscaling.maxReplicas ({})",
+                        autoscaling.min_replicas, autoscaling.max_replicas
+                    ),
+                );
+            }
+            if autoscaling.target_lag_per_replica < 1 {
+                return invalid(
+                    "autoscaling.targetLagPerReplica",
+                    "must be at least 1 message".into(),
+                );
             }
         }
         if !valid_quantity(&self.storage.size) {

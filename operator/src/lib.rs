@@ -5,13 +5,19 @@
 //! - [`crd`]: the resource type and its validation.
 //! - [`builders`]: the child objects, as pure functions.
 //! - [`controller`]: reconcile, status, error policy, the controller loop.
+//! - [`autoscaler`]: replicas from the consumer group's lag (`spec.autoscaling`).
+//! - [`kafka_lag`]: the operator's Kafka access, and the group's lag read from Kafka.
+//! - [`group_departure`]: scaled-down pods' static members leave the group at once.
 //! - [`leader`]: leader election through a Lease.
 //! - [`metrics`]: reconcile metrics.
 //! - [`storage`]: growing the pods' volumes.
 
+pub mod autoscaler;
 pub mod builders;
 pub mod controller;
 pub mod crd;
+pub mod group_departure;
+pub mod kafka_lag;
 pub mod leader;
 pub mod metrics;
 pub mod storage;

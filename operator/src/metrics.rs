@@ -1,5 +1,5 @@
 //! The operator's Prometheus metrics: reconciles by result, their duration, and errors
-//! by kind. Also keeps the consecutive failures of each resource for the retry backoff.
+//! by kind; the lag autoscaler's readings, decisions and failures. Also keeps the consecutive failures of each resource for the retry backoff.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -22,10 +23,33 @@ pub struct ErrorLabels {
     pub error: &'static str,
 }
 
+/// One DedupCluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// up or down
+    pub direction: &'static str,
+}
+
 pub struct Metrics {
     pub reconciles: Family<ResultLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
+    /// The autoscaler's last lag reading per cluster, in messages.
+    pub autoscaler_lag: Family<ClusterLabels, Gauge>,
+    /// The replicas the autoscaler last decided per cluster.
+    pub autoscaler_desired_replicas: Family<ClusterLabels, Gauge>,
+    pub autoscaler_scalings: Family<DirectionLabels, Counter>,
+    /// Lag readings that failed (Kafka unreachable, a Secret missing).
+    pub autoscaler_errors: Counter,
+    /// Static members of scaled-down pods sent out of the group: removed, unknown (already
+    /// gone), failed.
+    pub group_departures: Family<ResultLabels, Counter>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -35,6 +59,11 @@ impl Metrics {
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            autoscaler_lag: Family::default(),
+            autoscaler_desired_replicas: Family::default(),
+            autoscaler_scalings: Family::default(),
+            autoscaler_errors: Counter::default(),
+            group_departures: Family::default(),
             failures: Mutex::new(HashMap::new()),
         };
         let r = registry.sub_registry_with_prefix("dedup_operator");
@@ -52,6 +81,31 @@ impl Metrics {
             "reconcile_duration_seconds",
             "Duration of reconciles",
             metrics.reconcile_duration.clone(),
+        );
+        r.register(
+            "autoscaler_lag",
+            "Consumer lag of a DedupCluster's group on its input topic at the autoscaler's last reading, in messages",
+            metrics.autoscaler_lag.clone(),
+        );
+        r.register(
+            "autoscaler_desired_replicas",
+            "Replicas the autoscaler last decided for a DedupCluster",
+            metrics.autoscaler_desired_replicas.clone(),
+        );
+        r.register(
+            "autoscaler_scalings",
+            "Replica changes made by the autoscaler, by direction",
+            metrics.autoscaler_scalings.clone(),
+        );
+        r.register(
+            "autoscaler_errors",
+            "Lag readings of the autoscaler that failed",
+            metrics.autoscaler_errors.clone(),
+        );
+        r.register(
+            "group_departures",
+            "Static members of scaled-down pods removed from the consumer group (removed, unknown: already gone, failed)",
+            metrics.group_departures.clone(),
         );
         metrics
     }

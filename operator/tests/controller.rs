@@ -282,3 +282,25 @@ async fn an_invalid_spec_is_reported_as_degraded_without_children() {
 // That a reconcile of an unchanged spec writes nothing is a property of the real API
 // server's server-side apply (kube-fake-client bumps resourceVersions on every apply): it
 // is tested in `real_cluster.rs`.
+
+/// Seen in the end-to-end autoscaling run: the controller wrote back its older copy of
+/// `status.autoscaling` with every status write, so `kubectl get dedup` showed the lag and
+/// decision of a reading or more before.
+#[test]
+fn the_controllers_status_write_leaves_the_autoscalers_part_alone() {
+    use operator::crd::{AutoscalingStatus, DedupClusterStatus};
+    let status = DedupClusterStatus {
+        replicas: 3,
+        autoscaling: Some(AutoscalingStatus {
+            lag: Some(5),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let patch = operator::controller::status_patch(&status);
+    assert_eq!(patch["status"]["replicas"], 3);
+    assert!(
+        patch["status"].get("autoscaling").is_none(),
+        "the patch names status.autoscaling: {patch}"
+    );
+}

@@ -200,6 +200,11 @@ struct Scenario {
 
 impl Scenario {
     async fn start(test: &str, guarantee: &str) -> Option<Self> {
+        Self::start_with(test, guarantee, json!({})).await
+    }
+
+    /// [`Scenario::start`] with `overrides` set over the cluster's spec (top-level keys).
+    async fn start_with(test: &str, guarantee: &str, overrides: serde_json::Value) -> Option<Self> {
         let client = cluster().await?;
         let bootstrap = stream::broker()?;
         let ns = TestNamespace::create(test);
@@ -261,6 +266,12 @@ impl Scenario {
                 },
             },
         });
+        let mut cluster = cluster;
+        if let Some(overrides) = overrides.as_object() {
+            for (key, value) in overrides {
+                cluster["spec"][key] = value.clone();
+            }
+        }
         kubectl_in(&["apply", "-f", "-"], Some(&cluster.to_string()));
         let scraped = Arc::new(Mutex::new(Scraped::default()));
         Some(Self {
@@ -510,15 +521,21 @@ impl Scenario {
     /// The figures table of the steps.
     fn table(&self, output: &[stream::Published]) -> String {
         let mut table = String::from(
-            "| step | settled after (s) | handoff gap (s, longest partition) | catch-up replayed | bytes restored (restorer + in process) | restorer seconds | republished originals |\n|---|---|---|---|---|---|---|\n",
+            "| step | settled after (s) | handoff gap (s, longest partition) | median partition gap (s) | catch-up replayed | bytes restored (restorer + in process) | restorer seconds | republished originals |\n|---|---|---|---|---|---|---|---|\n",
         );
         for step in &self.steps {
             let (gap, partition) =
                 stream::longest_gap(output, PARTITIONS, step.from_ms, step.to_ms);
+            let median = median(stream::partition_gaps(
+                output,
+                PARTITIONS,
+                step.from_ms,
+                step.to_ms,
+            ));
             let (restorer_bytes, restorer_seconds) =
                 self.restorer_figures(step.from_ms, step.to_ms);
             table.push_str(&format!(
-                "| {} | {:.1} | {gap:.1} (p{partition}) | {} | {} | {restorer_seconds:.1} | {} |\n",
+                "| {} | {:.1} | {gap:.1} (p{partition}) | {median:.1} | {} | {} | {restorer_seconds:.1} | {} |\n",
                 step.name,
                 step.settled_s,
                 step.catch_up_after - step.catch_up_before,
@@ -642,6 +659,11 @@ fn s3_keys(bucket: &str, prefix: &str) -> usize {
     body.matches("<Key>").count()
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -652,6 +674,18 @@ fn tail(text: &str, lines: usize) -> String {
 /// and the drain's margin (docs/reliability.md, "handovers").
 fn republish_bound(steps: usize, rate: u64) -> usize {
     (steps as u64 * (PARTITIONS as u64 * MAX_IN_FLIGHT + 2 * rate)) as usize
+}
+
+/// `session.timeout.ms` of the scenario's cluster, in seconds.
+const SESSION_TIMEOUT_S: f64 = 10.0;
+
+/// A "kubectl scale A → B" step with B < A.
+fn is_scale_down(step: &str) -> bool {
+    let Some(counts) = step.strip_prefix("kubectl scale ") else {
+        return false;
+    };
+    let mut parts = counts.split(" → ").map(|n| n.trim().parse::<i32>().ok());
+    matches!((parts.next(), parts.next()), (Some(Some(from)), Some(Some(to))) if to < from)
 }
 
 /// The step that deletes a pod and its claim.
@@ -747,6 +781,16 @@ async fn run(test: &str, guarantee: &str, steps: Steps) -> Option<(stream::Verdi
     }
     assert_eq!(verdict.lost, 0, "unique events lost: {verdict:?}");
     assert_eq!(verdict.copies_passed, 0, "copies published: {verdict:?}");
+    // A scale-down's pods leave the group when they are gone (the operator's LeaveGroup):
+    // their partitions move well within the session timeout (10 s) they used to wait.
+    for step in scenario.steps.iter().filter(|s| is_scale_down(&s.name)) {
+        let (gap, partition) = stream::longest_gap(&output, PARTITIONS, step.from_ms, step.to_ms);
+        assert!(
+            gap < SESSION_TIMEOUT_S - 2.0,
+            "{}: partition {partition} waited {gap:.1} s, about the session timeout ({SESSION_TIMEOUT_S} s): did the departed pods leave the group?",
+            step.name
+        );
+    }
     // The pod rescheduled onto an empty volume had its state from S3, by its restorer.
     if let Some(step) = scenario.steps.iter().find(|s| s.name == RESCHEDULE) {
         let (bytes, _) = scenario.restorer_figures(step.from_ms, step.to_ms);
@@ -784,5 +828,230 @@ async fn exactly_once_scaling_shows_a_read_committed_reader_each_unique_event_on
         verdict.republished, 0,
         "an original seen twice by read_committed: {verdict:?}"
     );
+    scenario.teardown().await;
+}
+
+/// One look at the autoscaled cluster.
+#[derive(Debug, Clone)]
+struct Sample {
+    at_s: f64,
+    replicas: i32,
+    lag: Option<i64>,
+    reason: String,
+}
+
+impl Scenario {
+    /// The cluster's `spec.replicas` and `status.autoscaling`.
+    async fn sample(&self, since: Instant) -> Option<Sample> {
+        let api: Api<operator::crd::DedupCluster> =
+            Api::namespaced(self.client.clone(), &self.ns.name);
+        let cluster = api.get_opt(&self.name).await.ok().flatten()?;
+        let autoscaling = cluster
+            .status
+            .and_then(|s| s.autoscaling)
+            .unwrap_or_default();
+        Some(Sample {
+            at_s: since.elapsed().as_secs_f64(),
+            replicas: cluster.spec.replicas,
+            lag: autoscaling.lag,
+            reason: autoscaling.reason.unwrap_or_default(),
+        })
+    }
+
+    /// Samples every 500 ms (scraping the pods too) for `period`, or until `done` says
+    /// the timeline is complete.
+    async fn follow(
+        &self,
+        since: Instant,
+        timeline: &mut Vec<Sample>,
+        period: Duration,
+        done: impl Fn(&[Sample]) -> bool,
+    ) -> bool {
+        let until = Instant::now() + period;
+        while Instant::now() < until {
+            self.scrape();
+            if let Some(sample) = self.sample(since).await {
+                if timeline
+                    .last()
+                    .is_none_or(|last| last.replicas != sample.replicas || last.lag != sample.lag)
+                {
+                    eprintln!("e2e autoscale: {sample:?}");
+                }
+                timeline.push(sample);
+            }
+            if done(timeline) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        false
+    }
+}
+
+/// True when the replicas rise (or stay) and then only fall: no scale-down followed by
+/// a scale-up.
+fn rises_then_falls(replicas: &[i32]) -> bool {
+    let changes: Vec<i32> = replicas
+        .windows(2)
+        .filter(|w| w[0] != w[1])
+        .map(|w| w[1] - w[0])
+        .collect();
+    let first_down = changes.iter().position(|&d| d < 0).unwrap_or(changes.len());
+    changes[first_down..].iter().all(|&d| d < 0)
+}
+
+#[test]
+fn scale_down_steps_are_told_by_their_name() {
+    assert!(is_scale_down("kubectl scale 5 → 2"));
+    assert!(!is_scale_down("kubectl scale 3 → 5"));
+    assert!(!is_scale_down("pod 1 and its PVC deleted"));
+}
+
+#[test]
+fn flapping_is_told_apart_from_one_rise_and_one_fall() {
+    assert!(rises_then_falls(&[1, 1, 4, 4, 3, 2, 1]));
+    assert!(rises_then_falls(&[1, 2, 4, 4]));
+    assert!(!rises_then_falls(&[1, 4, 3, 4, 1]));
+}
+
+/// The lag autoscaler on the real control plane and broker: the cluster starts at 1 of
+/// 1..4 replicas with a target of 2,000 messages of lag per replica, a reading every 2 s
+/// and a 20 s scale-down window. A burst of input (20,000 ev/s for 6 s over a steady
+/// 100 ev/s) must scale it up; once drained it must come back to 1 after the window, the
+/// replicas rising then falling, never both ways; nothing lost, no copy through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_scales_the_cluster_up_on_lag_and_the_drain_back_down_without_flapping() {
+    const STEADY: u64 = 100;
+    const BURST: u64 = 20_000;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let autoscaling = json!({
+        "replicas": 1,
+        "autoscaling": {
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "targetLagPerReplica": 2000,
+            "pollIntervalSeconds": 2,
+            "scaleUp": {"stabilizationWindowSeconds": 0, "maxStep": 4},
+            "scaleDown": {"stabilizationWindowSeconds": 20, "maxStep": 1},
+        },
+    });
+    let Some(scenario) = Scenario::start_with("e2e-autoscale", "at-least-once", autoscaling).await
+    else {
+        return;
+    };
+    let stream = Stream::start(
+        &scenario.bootstrap,
+        &scenario.input,
+        PARTITIONS,
+        STEADY,
+        COPY_PERCENT,
+        23,
+    );
+    scenario.settled(1).await;
+    let since = Instant::now();
+    let mut timeline = Vec::new();
+    // Steady: the lag reading is within one replica's target, and nothing moves.
+    scenario
+        .follow(since, &mut timeline, Duration::from_secs(8), |_| false)
+        .await;
+    assert!(
+        timeline.iter().all(|s| s.replicas == 1),
+        "scaled before the burst: {timeline:?}"
+    );
+    let burst_at = since.elapsed().as_secs_f64();
+    stream.set_rate(BURST);
+    scenario
+        .follow(since, &mut timeline, Duration::from_secs(6), |_| false)
+        .await;
+    stream.set_rate(STEADY);
+    let burst_sent = stream.sent();
+    // Up, and then back down to 1 once the lag has stayed low for the window.
+    let back_down = scenario
+        .follow(since, &mut timeline, Duration::from_secs(240), |t| {
+            t.iter().any(|s| s.replicas > 1) && t.last().is_some_and(|s| s.replicas == 1)
+        })
+        .await;
+    let replicas: Vec<i32> = timeline.iter().map(|s| s.replicas).collect();
+    let peak = replicas.iter().copied().max().unwrap_or(0);
+    let up_at = timeline.iter().find(|s| s.replicas > 1).map(|s| s.at_s);
+    let down_at = timeline.last().map(|s| s.at_s);
+    eprintln!(
+        "e2e autoscale: burst at {burst_at:.1} s ({burst_sent} events sent by its end); first scale-up at {up_at:?} s; peak {peak} replicas; back to 1 at {down_at:?} s\n{}",
+        timeline
+            .iter()
+            .filter(|s| !s.reason.is_empty())
+            .fold((String::new(), None::<(i32, Option<i64>)>), |(mut out, last), s| {
+                if last != Some((s.replicas, s.lag)) {
+                    out.push_str(&format!(
+                        "| {:.1} s | {} replicas | lag {:?} | {} |\n",
+                        s.at_s, s.replicas, s.lag, s.reason
+                    ));
+                }
+                (out, Some((s.replicas, s.lag)))
+            })
+            .0
+    );
+    if !back_down {
+        scenario.report_logs();
+    }
+    assert!(
+        peak >= 2,
+        "the burst did not scale the cluster up: {timeline:?}"
+    );
+    assert!(
+        back_down,
+        "the cluster did not come back to 1 replica: {timeline:?}"
+    );
+    assert!(
+        rises_then_falls(&replicas),
+        "the replicas flapped: {replicas:?}"
+    );
+    // The window held: no scale-down within 20 s of the scale-up's reading (less the
+    // 500 ms sampling step and the API's latency).
+    let first_down = timeline
+        .windows(2)
+        .find(|w| w[1].replicas < w[0].replicas)
+        .map(|w| w[1].at_s);
+    if let (Some(up), Some(down)) = (up_at, first_down) {
+        assert!(
+            down - up >= 19.0,
+            "scaled down {:.1} s after scaling up, inside the 20 s window",
+            down - up
+        );
+    }
+    // kubectl shows the lag and the target; Events record each change.
+    let table = kubectl(&[
+        "get",
+        "dedup",
+        &scenario.name,
+        "--namespace",
+        &scenario.ns.name,
+    ]);
+    assert!(
+        table.contains("LAG") && table.contains("TARGET") && table.contains("2000"),
+        "kubectl get dedup shows no lag and target columns:\n{table}"
+    );
+    let events = kubectl(&[
+        "get",
+        "events",
+        "--namespace",
+        &scenario.ns.name,
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ]);
+    for reason in ["ScaledUp", "ScaledDown"] {
+        assert!(
+            events.lines().any(|l| l == reason),
+            "no {reason} Event: {events}"
+        );
+    }
+    scenario.settled(1).await;
+    let (verdict, _) = scenario.finish(stream, false).await;
+    eprintln!(
+        "e2e autoscale: {} events sent, {} unique; lost {}, copies passed {}, republished {}",
+        verdict.sent, verdict.unique, verdict.lost, verdict.copies_passed, verdict.republished
+    );
+    assert_eq!(verdict.lost, 0, "unique events lost: {verdict:?}");
+    assert_eq!(verdict.copies_passed, 0, "copies published: {verdict:?}");
     scenario.teardown().await;
 }

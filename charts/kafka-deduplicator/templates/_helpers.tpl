@@ -92,6 +92,10 @@ rules:
   - apiGroups: ["kafka-deduplicator.dev"]
     resources: ["dedupclusters/status"]
     verbs: ["patch"]
+  # The lag autoscaler sets replicas through the scale subresource (spec.autoscaling).
+  - apiGroups: ["kafka-deduplicator.dev"]
+    resources: ["dedupclusters/scale"]
+    verbs: ["patch"]
   # Children: watched (owns) and server-side applied (create when absent, patch after;
   # an unchanged child is not written by the server). Deletion is left to the garbage
   # collector through owner references.
@@ -100,6 +104,11 @@ rules:
   - apiGroups: ["apps"]
     resources: ["statefulsets"]
     verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  # The pods: listed after a scale-down, so that the removed pods' static members leave
+  # the consumer group once they are gone.
+  - apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["list"]
   # The pods' volume claims: listed and patched to a larger size.
   - apiGroups: [""]
     resources: ["persistentvolumeclaims"]
@@ -110,9 +119,9 @@ rules:
   - apiGroups: ["policy"]
     resources: ["poddisruptionbudgets"]
     verbs: ["list", "watch", "create", "patch"]
-  # Secrets a DedupCluster references: their metadata only (resourceVersion), read and
-  # watched so that a changed Secret rolls the pods. The operator never requests their
-  # data (RBAC cannot say "metadata only").
+  # Secrets a DedupCluster references: watched (metadata only) so that a changed Secret
+  # rolls the pods. Their data is read only for the lag autoscaler's own Kafka client
+  # (kafka.secretProperties, kafka.credentialsSecret of a cluster with spec.autoscaling).
   - apiGroups: [""]
     resources: ["secrets"]
     verbs: ["get", "list", "watch"]

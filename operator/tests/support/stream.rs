@@ -4,7 +4,7 @@
 //! output topic holds measured against what was sent.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +19,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 pub fn broker() -> Option<String> {
     match std::env::var("KAFKA_TEST_BOOTSTRAP_SERVERS") {
         Ok(b) if !b.is_empty() => Some(b),
-        _ if dedup_core::test_services::may_skip("DEDUP_ALLOW_MISSING_SERVICES") => {
+        _ if dedup_testkit::services::may_skip("DEDUP_ALLOW_MISSING_SERVICES") => {
             eprintln!("skipping: no KAFKA_TEST_BOOTSTRAP_SERVERS and DEDUP_ALLOW_MISSING_SERVICES=1");
             None
         }
@@ -98,6 +98,8 @@ impl rdkafka::producer::ProducerContext for Deliveries {
 /// A background producer of events at a steady rate, until stopped.
 pub struct Stream {
     stop: Arc<AtomicBool>,
+    /// Events a second; changed with [`Stream::set_rate`].
+    rate: Arc<AtomicU64>,
     truth: Arc<Mutex<Truth>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -114,6 +116,7 @@ impl Stream {
         seed: u64,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let rate = Arc::new(AtomicU64::new(rate));
         let truth = Arc::new(Mutex::new(Truth::default()));
         let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
@@ -123,6 +126,7 @@ impl Stream {
             .create_with_context(Deliveries::default())
             .expect("a producer");
         let (topic, stop_flag, shared) = (topic.to_string(), Arc::clone(&stop), Arc::clone(&truth));
+        let rate_now = Arc::clone(&rate);
         let thread = std::thread::spawn(move || {
             let mut rng = seed
                 .wrapping_mul(6_364_136_223_846_793_005)
@@ -136,11 +140,16 @@ impl Stream {
             };
             // (distinct_id, event, timestamp) of the originals sent so far.
             let mut originals: Vec<(String, &'static str, i64)> = Vec::new();
-            let started = Instant::now();
             let mut sent: u64 = 0;
+            // The rate counts from its latest change: (rate, since, sent then).
+            let mut pace = (rate_now.load(Ordering::SeqCst), Instant::now(), 0u64);
             while !stop_flag.load(Ordering::SeqCst) {
+                let rate = rate_now.load(Ordering::SeqCst);
+                if rate != pace.0 {
+                    pace = (rate, Instant::now(), sent);
+                }
                 // Keep to the rate: sleep until the next event is due.
-                let due = started + Duration::from_micros(sent * 1_000_000 / rate.max(1));
+                let due = pace.1 + Duration::from_micros((sent - pace.2) * 1_000_000 / rate.max(1));
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait.min(Duration::from_millis(50)));
                     continue;
@@ -208,9 +217,20 @@ impl Stream {
         });
         Self {
             stop,
+            rate,
             truth,
             thread: Some(thread),
         }
+    }
+
+    /// Changes the rate from now on (a burst, then back).
+    pub fn set_rate(&self, rate: u64) {
+        self.rate.store(rate, Ordering::SeqCst);
+    }
+
+    /// Events sent so far.
+    pub fn sent(&self) -> u64 {
+        self.truth.lock().unwrap().sent
     }
 
     /// Stops the stream (every event acknowledged) and gives what was sent.
@@ -408,6 +428,21 @@ pub fn check(truth: &Truth, output: &[Published]) -> Verdict {
 /// published, among the gaps that overlap `[from_ms, to_ms]` (the handoff gap of a step).
 /// Also returns the partition.
 pub fn longest_gap(output: &[Published], partitions: i32, from_ms: i64, to_ms: i64) -> (f64, i32) {
+    partition_gaps(output, partitions, from_ms, to_ms)
+        .into_iter()
+        .enumerate()
+        .fold((0.0, -1), |worst, (p, gap)| {
+            if gap > worst.0 {
+                (gap, p as i32)
+            } else {
+                worst
+            }
+        })
+}
+
+/// Per input partition, its longest gap (seconds) between two appended outputs around
+/// `[from_ms, to_ms]`: the handoff gap of each partition in a step.
+pub fn partition_gaps(output: &[Published], partitions: i32, from_ms: i64, to_ms: i64) -> Vec<f64> {
     let mut by_partition: HashMap<i32, Vec<i64>> = HashMap::new();
     for m in output {
         by_partition
@@ -415,21 +450,17 @@ pub fn longest_gap(output: &[Published], partitions: i32, from_ms: i64, to_ms: i
             .or_default()
             .push(m.appended_ms);
     }
-    let mut worst = (0.0, -1);
-    for p in 0..partitions {
-        let mut times = by_partition.remove(&p).unwrap_or_default();
-        times.sort_unstable();
-        for pair in times.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            if b >= from_ms && a <= to_ms {
-                let gap = (b - a) as f64 / 1000.0;
-                if gap > worst.0 {
-                    worst = (gap, p);
-                }
-            }
-        }
-    }
-    worst
+    (0..partitions)
+        .map(|p| {
+            let mut times = by_partition.remove(&p).unwrap_or_default();
+            times.sort_unstable();
+            times
+                .windows(2)
+                .filter(|pair| pair[1] >= from_ms && pair[0] <= to_ms)
+                .map(|pair| (pair[1] - pair[0]) as f64 / 1000.0)
+                .fold(0.0, f64::max)
+        })
+        .collect()
 }
 
 /// Republished originals whose later copies were appended in `[from_ms, to_ms)`.
