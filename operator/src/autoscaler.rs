@@ -27,6 +27,10 @@ use crate::kafka_lag::{self, GroupLag, KafkaAccess};
 /// How often the autoscaler looks for readings that are due.
 const TICK: Duration = Duration::from_secs(1);
 
+/// The most one lag reading may take, all its Kafka calls together (the clusters are
+/// read one after another).
+const READING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The replicas the lag alone asks for: ⌈lag ÷ target⌉, at least `minReplicas`, at most
 /// `maxReplicas` and never above the partition count (a pod without a partition idles).
 pub fn recommend(spec: &AutoscalingSpec, lag: i64, partitions: i32) -> i32 {
@@ -147,6 +151,11 @@ pub async fn run(clusters: reflector::Store<DedupCluster>, ctx: Arc<Context>) {
             let Some(spec) = cluster.spec.autoscaling.clone() else {
                 continue;
             };
+            // A paused or invalid cluster is left alone: the controller applies nothing,
+            // and replicas decided meanwhile would all land at once on resuming.
+            if crate::controller::is_paused(&cluster) || cluster.spec.validate().is_err() {
+                continue;
+            }
             let now = Instant::now();
             let state = watched.entry(key_of(&cluster)).or_insert(Watched {
                 since: now,
@@ -186,8 +195,29 @@ async fn step(
     let name = cluster.name_any();
     let api: Api<DedupCluster> = Api::namespaced(client.clone(), &namespace);
     let now = Instant::now();
+    // The replicas as the API server has them now (the store may lag behind a change).
+    let current = match api.get_scale(&name).await {
+        Ok(scale) => scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+        Err(error) => return Err(error),
+    };
+    if current == 0 {
+        // Scaled to 0 by hand: autoscaling holds, as the HPA's does, until scaled up.
+        let status = AutoscalingStatus {
+            reason: Some("replicas is 0 (scaled down by hand): autoscaling holds until replicas is set above 0".into()),
+            ..previous_status(cluster)
+        };
+        return write_status(&api, &name, &status).await;
+    }
     let reading = match KafkaAccess::for_cluster(client, cluster).await {
-        Ok(access) => kafka_lag::read(access, Duration::from_secs(10)).await,
+        Ok(access) => match tokio::time::timeout(
+            READING_TIMEOUT,
+            kafka_lag::read(access, Duration::from_secs(10)),
+        )
+        .await
+        {
+            Ok(reading) => reading,
+            Err(_) => Err(format!("no lag reading within {READING_TIMEOUT:?}")),
+        },
         Err(error) => Err(error),
     };
     let lag = match reading {
@@ -232,7 +262,6 @@ async fn step(
             replicas: *replicas,
         })
         .collect();
-    let current = cluster.spec.replicas;
     let decision = decide(
         spec,
         &history,

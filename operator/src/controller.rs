@@ -241,8 +241,9 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Arc<Context>) -> Result<A
         write_status(&clusters, &name, &status).await?;
     }
     if departing {
-        // Pods of a scale-down are still terminating: look again soon.
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        // Pods of a scale-down are still terminating: look again soon (their removal
+        // from the API also changes the StatefulSet's status, which triggers a reconcile).
+        return Ok(Action::requeue(Duration::from_secs(3)));
     }
     Ok(Action::requeue(RESYNC))
 }

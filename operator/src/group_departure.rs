@@ -89,12 +89,61 @@ pub async fn after_reconcile(ctx: &Arc<Context>, cluster: &DedupCluster) -> bool
     let (ctx, cluster) = (Arc::clone(ctx), cluster.clone());
     tokio::spawn(async move {
         let result = match KafkaAccess::for_cluster(&ctx.client, &cluster).await {
-            Ok(access) => leave(&access, &instance_ids, CALL_TIMEOUT).await,
+            Ok(access) => {
+                // A LeaveGroup by instance id removes whoever holds the id now: a pod of
+                // a scale-up since then would be sent out. Only ids still departed go.
+                let instance_ids = still_departed(&ctx, &cluster, instance_ids).await;
+                if instance_ids.is_empty() {
+                    return;
+                }
+                let result = leave(&access, &instance_ids, CALL_TIMEOUT).await;
+                report(&ctx, &cluster, &instance_ids, result).await;
+                return;
+            }
             Err(error) => Err(error),
         };
         report(&ctx, &cluster, &instance_ids, result).await;
     });
     false
+}
+
+/// Of `instance_ids`, those whose ordinal is still at or above the cluster's replicas and
+/// whose pod does not exist, read from the API server just before the LeaveGroup.
+async fn still_departed(
+    ctx: &Context,
+    cluster: &DedupCluster,
+    instance_ids: Vec<String>,
+) -> Vec<String> {
+    use kube::api::{Api, ListParams};
+    use kube::ResourceExt;
+    let namespace = cluster.namespace().unwrap_or_default();
+    let name = cluster.name_any();
+    let clusters: Api<DedupCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(ctx.client.clone(), &namespace);
+    let replicas = match clusters.get_opt(&name).await {
+        Ok(Some(now)) => now.spec.replicas,
+        // Deleted: every pod is going; none will come back under these ids.
+        Ok(None) => 0,
+        Err(_) => return Vec::new(),
+    };
+    let existing: Vec<String> = match pods
+        .list(&ListParams::default().labels(&crate::builders::selector_string(cluster)))
+        .await
+    {
+        Ok(listed) => listed.items.iter().map(|p| p.name_any()).collect(),
+        Err(_) => return Vec::new(),
+    };
+    let prefix = format!("{name}-");
+    instance_ids
+        .into_iter()
+        .filter(|id| {
+            id.strip_prefix(&prefix)
+                .and_then(|o| o.parse::<i32>().ok())
+                .is_some_and(|ordinal| ordinal >= replicas)
+                && !existing.contains(id)
+        })
+        .collect()
 }
 
 async fn report(
@@ -115,8 +164,22 @@ async fn report(
         Ok(departed) => {
             count("removed", departed.removed.len());
             count("unknown", departed.unknown.len());
+            count("failed", departed.refused.len());
             tracing::info!(cluster = %cluster.name_any(), removed = ?departed.removed, unknown = ?departed.unknown,
-                "scaled-down pods left the consumer group");
+                refused = ?departed.refused, "scaled-down pods left the consumer group");
+            if !departed.refused.is_empty() {
+                crate::controller::publish_event(
+                    ctx,
+                    cluster,
+                    EventType::Warning,
+                    "GroupLeaveFailed",
+                    &format!(
+                        "the coordinator refused to remove {:?} (Kafka error codes); their partitions move after session.timeout.ms",
+                        departed.refused
+                    ),
+                )
+                .await;
+            }
             crate::controller::publish_event(
                 ctx,
                 cluster,
@@ -153,6 +216,10 @@ async fn report(
     }
 }
 
+/// The largest response these calls can get; a larger size is a protocol mismatch (TLS
+/// spoken to a plaintext listener, or the reverse).
+const MAX_RESPONSE_BYTES: i32 = 1 << 20;
+
 /// Kafka's error code for a member the coordinator does not know (already gone).
 const UNKNOWN_MEMBER_ID: i16 = 25;
 
@@ -163,6 +230,8 @@ pub struct Departed {
     pub removed: Vec<String>,
     /// Instance ids it did not know (already timed out, or never joined).
     pub unknown: Vec<String>,
+    /// Instance ids it refused, with the Kafka error code.
+    pub refused: Vec<(String, i16)>,
 }
 
 /// Removes the static members `instance_ids` from the access's group. Every call is
@@ -174,12 +243,18 @@ pub async fn leave(
 ) -> Result<Departed, String> {
     let security = Security::from(access)?;
     let mut last_error = String::from("no bootstrap server");
-    for bootstrap in access
+    // A coordinator that moved or is loading (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS)
+    // answers again after a new FindCoordinator: the servers are tried in turn, twice.
+    let servers: Vec<&str> = access
         .bootstrap_servers
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-    {
+        .collect();
+    for (attempt, bootstrap) in servers.iter().chain(servers.iter()).enumerate() {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         match tokio::time::timeout(
             timeout * 4,
             leave_via(bootstrap, access, &security, instance_ids, timeout),
@@ -262,7 +337,7 @@ async fn leave_via(
         match member.error_code {
             0 => departed.removed.push(id),
             UNKNOWN_MEMBER_ID => departed.unknown.push(id),
-            code => return Err(format!("LeaveGroup refused member {id}: error code {code}")),
+            code => departed.refused.push((id, code)),
         }
     }
     Ok(departed)
@@ -519,7 +594,13 @@ impl Connection {
             self.stream.write_all(&frame).await?;
             self.stream.flush().await?;
             let size = self.stream.read_i32().await?;
-            let mut response = vec![0u8; size.max(0) as usize];
+            if !(0..=MAX_RESPONSE_BYTES).contains(&size) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a response of {size} bytes (is security.protocol right?)"),
+                ));
+            }
+            let mut response = vec![0u8; size as usize];
             self.stream.read_exact(&mut response).await?;
             Ok::<_, std::io::Error>(response)
         };

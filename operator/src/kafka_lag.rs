@@ -136,10 +136,15 @@ fn read_blocking(access: &KafkaAccess, timeout: Duration) -> Result<GroupLag, St
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, timeout)
             .map_err(|e| format!("reading the end offset of {topic}/{partition}: {e}"))?;
-        let consumed_up_to = match committed
-            .find_partition(topic, partition)
-            .map(|e| e.offset())
-        {
+        let entry = committed.find_partition(topic, partition);
+        if let Some(Err(error)) = entry.as_ref().map(|e| e.error()) {
+            // Not "never committed": counting the whole partition would scale to the max.
+            return Err(format!(
+                "reading the committed offset of {topic}/{partition} for group {}: {error}",
+                access.group
+            ));
+        }
+        let consumed_up_to = match entry.map(|e| e.offset()) {
             Some(Offset::Offset(offset)) => offset.max(low),
             _ => low,
         };

@@ -1,6 +1,6 @@
 //! The child objects built from a full and a minimal spec.
 
-mod fixtures;
+use crate::fixtures;
 
 use dedup_core::config::env;
 use operator::builders::{self, CONFIG_HASH_ANNOTATION};

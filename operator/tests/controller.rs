@@ -1,7 +1,7 @@
 //! The controller against kube-fake-client's in-memory API server: children, scale,
 //! spec changes, invalid specs; the status as a pure function of the StatefulSet.
 
-mod fixtures;
+use crate::fixtures;
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use operator::crd::DedupCluster;
 use operator::metrics::Metrics;
 use prometheus_client::registry::Registry;
 
-use fixtures::NAMESPACE;
+use crate::fixtures::NAMESPACE;
 
 async fn fake_client() -> Client {
     ClientBuilder::new()

@@ -5,7 +5,7 @@
 //! `kubernetes-validate` is installed by `scripts/install-deps.sh`. Missing, these tests
 //! fail, unless `DEDUP_ALLOW_MISSING_TOOLS=1` is set (local runs only, never in CI).
 
-mod fixtures;
+use crate::fixtures;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -325,7 +325,18 @@ async fn the_example_cluster_comes_up_under_restricted_pod_security_as_the_opera
     let table = kubectl(&["get", "dedup", "events", "--namespace", &ns.name]);
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "DESIRED", "READY", "AGE", "CONDITION"]);
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "DESIRED",
+            "READY",
+            "LAG",
+            "TARGET",
+            "AGE",
+            "CONDITION"
+        ]
+    );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!((row[0], row[1], row[2]), ("events", "3", "3"), "{table}");
     assert_eq!(row[4], "Ready", "{table}");
@@ -581,7 +592,23 @@ async fn a_removed_spec_field_leaves_the_children_and_a_steady_reconcile_writes_
     );
 
     // A status-only change (the operator's own status writes are such changes) does not
-    // trigger a reconcile: the watch is filtered to spec generations.
+    // trigger a reconcile: the watch is filtered to spec generations. First the pods must
+    // be available (`minReadySeconds` after Ready): the StatefulSet's own status update
+    // then would trigger a reconcile, rightly, inside the window looked at.
+    eventually("the pods available", WAIT, || async {
+        let status = statefulsets
+            .get("trimmed")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if status.available_replicas == Some(2) && status.ready_replicas == Some(2) {
+            Ok(())
+        } else {
+            Err(format!("{status:?}"))
+        }
+    })
+    .await;
     let before = settled(&operator).await;
     kubectl(&[
         "patch",

@@ -84,18 +84,20 @@ manifests/rbac.yaml; a Role in the watched namespace with `watchNamespace`).
 */}}
 {{- define "kafka-deduplicator.rules" -}}
 rules:
-  # Watch DedupClusters (the controller's list/watch stream).
+  # Watch DedupClusters (the controller's list/watch stream); get one before a
+  # scale-down's LeaveGroup (its replicas now).
   - apiGroups: ["kafka-deduplicator.dev"]
     resources: ["dedupclusters"]
-    verbs: ["list", "watch"]
+    verbs: ["get", "list", "watch"]
   # Write their status (merge patch on the status subresource).
   - apiGroups: ["kafka-deduplicator.dev"]
     resources: ["dedupclusters/status"]
     verbs: ["patch"]
-  # The lag autoscaler sets replicas through the scale subresource (spec.autoscaling).
+  # The lag autoscaler reads and sets replicas through the scale subresource
+  # (spec.autoscaling).
   - apiGroups: ["kafka-deduplicator.dev"]
     resources: ["dedupclusters/scale"]
-    verbs: ["patch"]
+    verbs: ["get", "patch"]
   # Children: watched (owns) and server-side applied (create when absent, patch after;
   # an unchanged child is not written by the server). Deletion is left to the garbage
   # collector through owner references.
@@ -105,7 +107,7 @@ rules:
     resources: ["statefulsets"]
     verbs: ["get", "list", "watch", "create", "patch", "delete"]
   # The pods: listed after a scale-down, so that the removed pods' static members leave
-  # the consumer group once they are gone.
+  # the consumer group once they are gone (and only then).
   - apiGroups: [""]
     resources: ["pods"]
     verbs: ["list"]
@@ -120,8 +122,9 @@ rules:
     resources: ["poddisruptionbudgets"]
     verbs: ["list", "watch", "create", "patch"]
   # Secrets a DedupCluster references: watched (metadata only) so that a changed Secret
-  # rolls the pods. Their data is read only for the lag autoscaler's own Kafka client
-  # (kafka.secretProperties, kafka.credentialsSecret of a cluster with spec.autoscaling).
+  # rolls the pods. Their data is read only for the operator's own Kafka client
+  # (kafka.secretProperties, kafka.credentialsSecret): the lag autoscaler's readings and
+  # a scale-down's LeaveGroup.
   - apiGroups: [""]
     resources: ["secrets"]
     verbs: ["get", "list", "watch"]
