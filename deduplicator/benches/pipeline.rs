@@ -34,8 +34,7 @@
 //! the median of the second half reported as steady state, per partition, beside the
 //! peak.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -700,17 +699,7 @@ fn metric(metrics: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// The body of `GET /metrics` (the test kit's HTTP call).
 fn http_get(addr: SocketAddr) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
+    dedup_testkit::http::http_get(addr, "/metrics").map(|(_, body)| body)
 }

@@ -188,21 +188,17 @@ async fn create(
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || checkpoint::create_local(&store, &dir, now_ms)).await
     };
-    let local = match created {
-        Ok(Ok(local)) => local,
-        Ok(Err(error)) => {
+    let failure = match created {
+        Ok(Ok(local)) => Ok(local),
+        Ok(Err(error)) => Err(("checkpoint creation failed", error.to_string())),
+        Err(error) => Err(("checkpoint task failed", error.to_string())),
+    };
+    let local = match failure {
+        Ok(local) => local,
+        Err((message, error)) => {
             CheckpointFailed {
                 partition,
-                message: "checkpoint creation failed",
-                error: &error,
-            }
-            .emit(&context.metrics);
-            return None;
-        }
-        Err(error) => {
-            CheckpointFailed {
-                partition,
-                message: "checkpoint task failed",
+                message,
                 error: &error,
             }
             .emit(&context.metrics);

@@ -168,17 +168,11 @@ async fn report(
             tracing::info!(cluster = %cluster.name_any(), removed = ?departed.removed, unknown = ?departed.unknown,
                 refused = ?departed.refused, "scaled-down pods left the consumer group");
             if !departed.refused.is_empty() {
-                crate::controller::publish_event(
-                    ctx,
-                    cluster,
-                    EventType::Warning,
-                    "GroupLeaveFailed",
-                    &format!(
-                        "the coordinator refused to remove {:?} (Kafka error codes); their partitions move after session.timeout.ms",
-                        departed.refused
-                    ),
-                )
-                .await;
+                let why = format!(
+                    "the coordinator refused to remove {:?} (Kafka error codes)",
+                    departed.refused
+                );
+                leave_failed(ctx, cluster, &why).await;
             }
             crate::controller::publish_event(
                 ctx,
@@ -201,19 +195,26 @@ async fn report(
             count("failed", instance_ids.len());
             tracing::warn!(cluster = %cluster.name_any(), ?instance_ids, %error,
                 "cannot remove the scaled-down pods from the consumer group; their partitions move after session.timeout.ms");
-            crate::controller::publish_event(
+            leave_failed(
                 ctx,
                 cluster,
-                EventType::Warning,
-                "GroupLeaveFailed",
-                &format!(
-                    "{}: {error}; their partitions move after session.timeout.ms",
-                    instance_ids.join(", ")
-                ),
+                &format!("{}: {error}", instance_ids.join(", ")),
             )
             .await;
         }
     }
+}
+
+/// The Warning Event of a departure that did not happen.
+async fn leave_failed(ctx: &Context, cluster: &DedupCluster, why: &str) {
+    crate::controller::publish_event(
+        ctx,
+        cluster,
+        kube::runtime::events::EventType::Warning,
+        "GroupLeaveFailed",
+        &format!("{why}; their partitions move after session.timeout.ms"),
+    )
+    .await;
 }
 
 /// The largest response these calls can get; a larger size is a protocol mismatch (TLS

@@ -26,8 +26,6 @@ mod support {
 }
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -141,40 +139,24 @@ fn scrape_once(agent: &NodeAgent, scraped: &Mutex<Scraped>) {
     }
 }
 
+/// The body of a 200 answer to `GET path` on a pod's host port (the test kit's call).
 fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.to_string())
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    match dedup_testkit::http::http_get(address, path) {
+        Some((200, body)) => Some(body),
+        _ => None,
+    }
 }
 
 /// A plain HTTP request to moto (no signature needed): (status, body).
 fn s3_request(endpoint: &str, method: &str, path: &str) -> (u16, String) {
-    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream =
-        TcpStream::connect(address).unwrap_or_else(|e| panic!("S3 at {endpoint}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("a timeout");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
-    )
-    .expect("a request to S3");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let address = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("S3 endpoint {endpoint}: {e}"));
+    dedup_testkit::http::http_request(address, method, path)
+        .unwrap_or_else(|| panic!("S3 at {endpoint} did not answer {method} {path}"))
 }
 
 fn s3_endpoint() -> String {
