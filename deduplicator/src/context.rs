@@ -46,6 +46,7 @@ impl Context {
             max_attempts: config.restore_max_attempts,
             time_bound: config.restore_timeout,
             progress: None,
+            local_checkpoints: Some(config.local_checkpoint_dir.clone()),
         });
         Self {
             remote,
@@ -67,9 +68,15 @@ impl Context {
     /// A partition store failed: the process reports unhealthy (liveness and readiness)
     /// with the reason until every failing store recovers.
     pub fn store_failed(&self, partition: i32, error: &StoreError) {
+        self.partition_failed(partition, &format!("store failing: {error}"));
+    }
+
+    /// A partition cannot be consumed safely and is left paused: the process reports
+    /// unhealthy (liveness and readiness) with the reason, so that it is restarted.
+    pub fn partition_failed(&self, partition: i32, reason: &str) {
         self.failing_set().insert(partition);
         self.health
-            .set_not_live(format!("partition {partition} store failing: {error}"));
+            .set_not_live(format!("partition {partition} {reason}"));
     }
 
     pub fn store_recovered(&self, partition: i32) {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use dedup_core::checkpoint::loader::{local_next_offset, LoadOutcome};
 use dedup_core::store::PartitionStore;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::context::Context;
@@ -21,6 +22,14 @@ use crate::metrics::Metrics;
 
 /// Bound of the consumer calls made here (pause, seek, resume, committed offsets).
 const CONSUMER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the move of a partition back to its store's offset is retried before the
+/// partition is given up as unsafe to consume (see [`seek_to_start`]). A previous owner's
+/// transaction is ended by this owner's producer before the move, so the wait is short.
+const SEEK_WAIT: Duration = Duration::from_secs(60);
+
+/// Step of the growing pause between refused moves (at most ten steps).
+const SEEK_RETRY_STEP: Duration = Duration::from_millis(50);
 
 /// The group's committed offset of a partition, as far as the assignment knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,27 +253,23 @@ pub async fn prepare_store(
     };
     let plan = plan_start(&store, partition, committed, rebuild_from);
     count_catch_up(context, &plan, rebuild_from.is_some());
-    let mut catch_up_until = plan.catch_up_until;
+    let catch_up_until = plan.catch_up_until;
     if let Some(start) = plan.start {
-        let consumer = Arc::clone(consumer);
-        let topic = topic.to_string();
-        let seek = blocking(move || {
-            consumer.seek(
-                &topic,
+        if let Err(error) = seek_to_start(consumer, topic, partition, start, SEEK_WAIT).await {
+            // Consuming from the committed offset instead would leave the gap's keys
+            // unknown, and their copies would pass: the partition stays paused.
+            KafkaCallFailed {
+                message: "cannot move to the store's offset within SEEK_WAIT; the partition is left paused (not consumed) and the process reports not live",
+                partition: Some(partition),
+                error: &error,
+                level: tracing::Level::ERROR,
+            }
+            .emit(metrics);
+            context.partition_failed(
                 partition,
-                Offset::Offset(start),
-                CONSUMER_CALL_TIMEOUT,
-            )
-        })
-        .await;
-        if !matches!(seek, Some(Ok(()))) {
-            tracing::warn!(
-                partition,
-                start,
-                ?seek,
-                "cannot move to the store's offset; no catch-up replay"
+                &format!("cannot move consumption back to its store's offset {start}: {error}"),
             );
-            catch_up_until = None;
+            return None;
         }
     }
     let resumed = {
@@ -279,6 +284,60 @@ pub async fn prepare_store(
         catch_up_until,
         committed,
     })
+}
+
+/// Moves a just-assigned partition's consumption to `start`, retried until it succeeds
+/// or `wait` has passed; returns the number of refusals before it succeeded.
+///
+/// librdkafka refuses the seek ("Erroneous state") until the partition has started
+/// fetching, and a partition starts fetching only once the group's committed offset for
+/// it is stable: while a transaction holding one is open (a previous owner's last, being
+/// committed or aborted), that is a while after the assignment.
+pub async fn seek_to_start<C, X>(
+    consumer: &Arc<C>,
+    topic: &str,
+    partition: i32,
+    start: i64,
+    wait: Duration,
+) -> Result<u32, KafkaError>
+where
+    C: Consumer<X> + Send + Sync + 'static,
+    X: ConsumerContext + 'static,
+{
+    let deadline = Instant::now() + wait;
+    let mut refusals = 0u32;
+    loop {
+        let seek = {
+            let consumer = Arc::clone(consumer);
+            let topic = topic.to_string();
+            let call =
+                CONSUMER_CALL_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            blocking(move || consumer.seek(&topic, partition, Offset::Offset(start), call))
+                .await
+                .unwrap_or(Err(KafkaError::Canceled))
+        };
+        match seek {
+            Ok(()) => {
+                if refusals > 0 {
+                    tracing::info!(
+                        partition,
+                        start,
+                        refusals,
+                        "moved to the store's offset once the partition fetched"
+                    );
+                }
+                return Ok(refusals);
+            }
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(error) => {
+                refusals += 1;
+                if refusals == 1 {
+                    tracing::info!(partition, start, %error, "the partition does not fetch yet (its committed offset is not stable); retrying the move to the store's offset");
+                }
+                tokio::time::sleep(SEEK_RETRY_STEP * refusals.min(10)).await;
+            }
+        }
+    }
 }
 
 /// True for a store that has never recorded an offset (created just now, empty).

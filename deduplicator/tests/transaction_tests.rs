@@ -18,6 +18,8 @@ use deduplicator::Config;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
+use rdkafka::producer::Producer;
+use rdkafka::Message;
 use rdkafka::{ClientConfig, Offset, Timestamp, TopicPartitionList};
 
 const PARTITIONS: i32 = 4;
@@ -646,4 +648,98 @@ fn catch_up_offsets_never_move_the_committed_offset_back() {
         0,
         "an event published twice"
     );
+}
+
+/// A partition starts fetching only once the group's committed offset for it is stable,
+/// and librdkafka refuses to seek it before ("Erroneous state"). While a transaction that
+/// holds an offset of the group is open (a previous owner's last one, killed or still
+/// committing) that is a while after the assignment. A store behind the committed offset
+/// must still be moved back to, or the keys of its gap are never learned and their
+/// copies pass: seen in the exactly-once crash loop under load, where the single seek
+/// failed and consumption began at the committed offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_is_moved_back_to_its_store_while_its_committed_offset_is_unstable() {
+    let Some(kafka) = TestKafka::start_real() else {
+        return;
+    };
+    let input = kafka.topic("in", 1);
+    let produced: Vec<Produced> = (0..20)
+        .map(|i| Produced {
+            partition: 0,
+            key: Some(format!("k{i}").into_bytes()),
+            payload: Some(format!("m{i}").into_bytes()),
+        })
+        .collect();
+    kafka.produce(&input, &produced);
+    let group = format!("group-{input}");
+    let client = |extra: &[(&str, &str)]| {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &kafka.bootstrap);
+        for (key, value) in extra {
+            config.set(*key, *value);
+        }
+        config
+    };
+    // Another producer's open transaction holds offset 15 of the group.
+    let member: BaseConsumer = client(&[("group.id", &group)]).create().expect("member");
+    let holder: rdkafka::producer::BaseProducer =
+        client(&[("transactional.id", &format!("holder-{input}"))])
+            .create()
+            .expect("transactional producer");
+    let call = Duration::from_secs(30);
+    holder.init_transactions(call).expect("init");
+    holder.begin_transaction().expect("begin");
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&input, 0, Offset::Offset(15))
+        .expect("offset");
+    holder
+        .send_offsets_to_transaction(&offsets, &member.group_metadata().expect("metadata"), call)
+        .expect("offsets in the transaction");
+
+    let consumer: Arc<BaseConsumer> = Arc::new(
+        client(&[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("isolation.level", "read_committed"),
+            ("auto.offset.reset", "earliest"),
+        ])
+        .create()
+        .expect("consumer"),
+    );
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition(&input, 0);
+    consumer.assign(&assignment).expect("assign");
+    // The transaction ends 3 s later (aborted: the group then has no offset at all).
+    let ender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        holder.abort_transaction(Duration::from_secs(30))
+    });
+
+    let moved = deduplicator::partition_restore::seek_to_start(
+        &consumer,
+        &input,
+        0,
+        4,
+        Duration::from_secs(30),
+    )
+    .await;
+    ender.join().expect("thread").expect("aborted");
+    let refusals = moved.expect("moved to the store's offset");
+    assert!(
+        refusals >= 1,
+        "the partition could be moved before its committed offset was stable: this test no longer shows the refusal it guards against"
+    );
+    let first = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                return message.map(|m| m.offset()).ok();
+            }
+        }
+        None
+    })
+    .await
+    .expect("poll");
+    assert_eq!(first, Some(4), "consumption starts at the store's offset");
 }
