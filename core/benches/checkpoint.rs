@@ -4,7 +4,9 @@
 //!   ~2 GB (`DEDUP_BENCH_CHECKPOINT_MB`, default `100,2000`);
 //! - incremental upload bytes ÷ bytes of the SST files new since the previous checkpoint;
 //! - restore MB/s (verified, atomic) from S3 vs a plain parallel GET of the same objects
-//!   from the same server in the same run, for a ~1 GB store (`DEDUP_BENCH_RESTORE_MB`).
+//!   from the same server in the same run, for a ~1 GB store (`DEDUP_BENCH_RESTORE_MB`);
+//! - the delta restore: bytes downloaded and time to bring a copy one checkpoint behind
+//!   to the newest checkpoint, against the cold restore.
 //!
 //! S3 is `moto_server` at `DEDUP_TEST_S3_ENDPOINT` (default http://127.0.0.1:5000).
 //! `scripts/bench-checkpoint.sh` runs it with a release build.
@@ -83,6 +85,14 @@ fn dir_bytes(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Copies a (flat) checkpoint directory.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("dir");
+    for entry in std::fs::read_dir(from).expect("read checkpoint").flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -288,6 +298,36 @@ fn main() {
             restore_rate,
             get_rate,
             restore_rate / get_rate,
+            restore_time.as_secs_f64()
+        );
+
+        // Warm handoff's delta: a store one checkpoint behind on the volume (the first
+        // checkpoint, as a prefetch or an earlier owner's copy would leave it) brought to
+        // the newest checkpoint; only the files it lacks are downloaded.
+        let warm = work.path().join("warm/events_0");
+        copy_dir(&first.dir, &warm);
+        let started = Instant::now();
+        let outcome = transfer::restore(
+            &s3,
+            PREFIX,
+            "events",
+            0,
+            &warm,
+            &RestoreOptions { concurrency: CONCURRENCY, ..Default::default() },
+        )
+        .await
+        .expect("restore");
+        let warm_time = started.elapsed();
+        let RestoreOutcome::Restored { bytes, bytes_reused, .. } = outcome else {
+            panic!("warm restore: {outcome:?}");
+        };
+        println!(
+            "| restore over a copy one checkpoint behind (delta) vs cold | {:.0} MB | downloaded {:.1} MB ({:.1} % of it; new SST bytes {:.1} MB), {:.2} s vs {:.2} s cold | downloads ≤ new SST bytes + the small files |",
+            mb(bytes),
+            mb(bytes - bytes_reused),
+            100.0 * (bytes - bytes_reused) as f64 / bytes.max(1) as f64,
+            mb(changed),
+            warm_time.as_secs_f64(),
             restore_time.as_secs_f64()
         );
         for key in s3.list(&format!("{PREFIX}/")).await.unwrap_or_default() {

@@ -136,8 +136,14 @@ impl InternalEvent for RestoreFinished<'_> {
         metrics
             .restore_skipped_checkpoints
             .inc_by(self.outcome.skipped().len() as u64);
-        if let LoadOutcome::Finished(RestoreOutcome::Restored { bytes, .. }) = self.outcome {
+        if let LoadOutcome::Finished(RestoreOutcome::Restored {
+            bytes,
+            bytes_reused,
+            ..
+        }) = self.outcome
+        {
             metrics.restore_bytes.inc_by(*bytes);
+            metrics.restore_reused_bytes.inc_by(*bytes_reused);
         }
         RestoreEnded {
             partition: self.partition,
@@ -513,6 +519,8 @@ mod tests {
                 next_offset: Some(10),
                 bytes: 4096,
                 files_resumed: 0,
+                files_reused: 1,
+                bytes_reused: 1024,
                 skipped: vec![("newer".into(), "corrupt".into())],
             }),
             started: Instant::now(),

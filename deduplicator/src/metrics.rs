@@ -85,6 +85,7 @@ pub struct Metrics {
     pub restores: Family<ResultLabels, Counter>,
     pub restore_duration: Histogram,
     pub restore_bytes: Counter,
+    pub restore_reused_bytes: Counter,
     pub restore_skipped_checkpoints: Counter,
     pub owner_record_writes: Family<ResultLabels, Counter>,
     pub transactions: Family<ResultLabels, Counter>,
@@ -142,6 +143,7 @@ impl Metrics {
             restores: Family::default(),
             restore_duration: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
             restore_bytes: Counter::default(),
+            restore_reused_bytes: Counter::default(),
             restore_skipped_checkpoints: Counter::default(),
             owner_record_writes: Family::default(),
             transactions: Family::default(),
@@ -320,6 +322,11 @@ impl Metrics {
             "restore_bytes",
             "Bytes of checkpoints restored",
             metrics.restore_bytes.clone(),
+        );
+        r.register(
+            "restore_reused_bytes",
+            "Bytes of restored checkpoints taken from an older copy on the volume instead of downloaded (a delta restore); included in restore_bytes",
+            metrics.restore_reused_bytes.clone(),
         );
         r.register(
             "restore_skipped_checkpoints",

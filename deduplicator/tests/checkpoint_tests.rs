@@ -193,6 +193,79 @@ fn a_partition_given_up_takes_its_current_state_with_it() {
     verify_no_loss(&all, &published);
 }
 
+/// A partition coming back to a volume that held it (a pod scaled away and back, a
+/// partition moved off and back) is brought to the newest checkpoint by downloading only
+/// the table files its old store lacks: the rest are taken from the old store (a delta
+/// restore, `dedup_restore_reused_bytes_total`), and the state is still the newest.
+#[test]
+fn a_partition_coming_back_to_its_old_volume_downloads_only_the_delta() {
+    let Some(bed) = TwoPods::new() else { return };
+    let (kafka, input, output, dir) = (&bed.kafka, &bed.input, &bed.output, &bed.dir);
+    let spec = |pod: &str| bed.pod(pod).env("CHECKPOINT_INTERVAL", "1h");
+    let wait_committed = |d: &mut Dedup, total: usize| {
+        d.wait_until("everything committed", WAIT, |d| {
+            d.metric("dedup_committed_offset") >= total as f64 - 0.5
+                && d.metric("dedup_in_flight_messages") == 0.0
+        });
+    };
+    let first = generate(6_000, 0, PARTITIONS, 31, "d1");
+    let mut a = spec("dedup-a").spawn(dir.path(), "a");
+    produce(kafka, input, &first);
+    wait_committed(&mut a, first.len());
+
+    // b, on its own empty volume, gets everything from S3 (nothing to reuse)...
+    let mut b = spec("dedup-b").spawn(dir.path(), "b");
+    a.hand_over_to(&mut b, PARTITIONS, WAIT);
+    let second = generate(2_000, 0, PARTITIONS, 32, "d2");
+    produce(kafka, input, &second);
+    wait_committed(&mut b, first.len() + second.len());
+    assert_eq!(b.metric("dedup_restore_reused_bytes_total"), 0.0);
+
+    // ...and a comes back on its old volume, whose stores are a wave behind.
+    let mut back = spec("dedup-a").spawn(dir.path(), "a-back");
+    b.hand_over_to(&mut back, PARTITIONS, WAIT);
+    let copies: Vec<GenEvent> = copies_of(&first, "d1-copy")
+        .into_iter()
+        .chain(copies_of(&second, "d2-copy"))
+        .collect();
+    produce(kafka, input, &copies);
+    let total = first.len() + second.len() + copies.len();
+    wait_committed(&mut back, total);
+    let restored = back.metric("dedup_restore_bytes_total");
+    let reused = back.metric("dedup_restore_reused_bytes_total");
+    eprintln!("delta restore: {reused} of {restored} bytes taken from the old stores");
+    assert_eq!(
+        back.metric("dedup_restores_total{result=\"restored"),
+        PARTITIONS as f64,
+        "every partition restored from b's final checkpoints\n{}",
+        back.log_tail()
+    );
+    assert!(
+        reused > 0.0 && reused < restored,
+        "the old stores' table files are reused and only the rest downloaded: {reused} of {restored}\n{}",
+        back.log_tail()
+    );
+    assert_eq!(back.metric("dedup_catch_up_messages_total"), 0.0);
+    assert!(
+        back.metric("dedup_events_total{outcome=\"duplicate\"}") >= copies.len() as f64,
+        "every copy of an earlier event is a duplicate"
+    );
+    assert!(back.terminate().success());
+    let all: Vec<GenEvent> = first
+        .iter()
+        .chain(&second)
+        .chain(&copies)
+        .cloned()
+        .collect();
+    let published = kafka.read_all(
+        output,
+        PARTITIONS,
+        unique_keys(&all).len(),
+        Duration::from_secs(2),
+    );
+    verify_no_loss(&all, &published);
+}
+
 /// A `moto_server` of this test's own, so that it can be started late and stopped.
 struct OwnS3 {
     child: Child,
@@ -355,3 +428,4 @@ fn without_a_remote_checkpoints_stay_local_and_are_pruned() {
 fn dedup_log_mentions(dir: &tempfile::TempDir, text: &str) -> bool {
     std::fs::read_to_string(dir.path().join("dedup.log")).is_ok_and(|log| log.contains(text))
 }
+

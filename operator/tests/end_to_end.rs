@@ -78,6 +78,7 @@ struct Mark {
     from_ms: i64,
     catch_up: f64,
     restored_bytes: f64,
+    reused_bytes: f64,
 }
 
 /// A figure row of one step.
@@ -89,6 +90,8 @@ struct Step {
     catch_up_after: f64,
     restored_bytes_before: f64,
     restored_bytes_after: f64,
+    reused_bytes_before: f64,
+    reused_bytes_after: f64,
     /// Seconds from the action until the pods were ready and the group stable with
     /// every pod holding partitions.
     settled_s: f64,
@@ -114,13 +117,14 @@ impl Scraped {
 
 const CATCH_UP: &str = "dedup_catch_up_messages_total";
 const RESTORE_BYTES: &str = "dedup_restore_bytes_total";
+const REUSED_BYTES: &str = "dedup_restore_reused_bytes_total";
 
 fn scrape_once(agent: &NodeAgent, scraped: &Mutex<Scraped>) {
     for (_, uid, port) in agent.running("http") {
         let Some(body) = http_get(port, "/metrics") else {
             continue;
         };
-        for metric in [CATCH_UP, RESTORE_BYTES] {
+        for metric in [CATCH_UP, RESTORE_BYTES, REUSED_BYTES] {
             let value: f64 = body
                 .lines()
                 .filter(|l| l.starts_with(metric))
@@ -346,12 +350,13 @@ impl Scenario {
     fn begin(&self, name: &str) -> Mark {
         eprintln!("e2e: step {name}");
         self.scrape();
-        let (catch_up, restored_bytes) = self.totals();
+        let (catch_up, restored_bytes, reused_bytes) = self.totals();
         Mark {
             name: name.into(),
             from_ms: stream::now_ms(),
             catch_up,
             restored_bytes,
+            reused_bytes,
         }
     }
 
@@ -362,7 +367,7 @@ impl Scenario {
         self.settled(replicas).await;
         let settled_s = (stream::now_ms() - mark.from_ms) as f64 / 1000.0;
         self.dwell().await;
-        let (catch_up_after, restored_bytes_after) = self.totals();
+        let (catch_up_after, restored_bytes_after, reused_bytes_after) = self.totals();
         self.steps.push(Step {
             name: mark.name,
             from_ms: mark.from_ms,
@@ -371,13 +376,20 @@ impl Scenario {
             catch_up_after,
             restored_bytes_before: mark.restored_bytes,
             restored_bytes_after,
+            reused_bytes_before: mark.reused_bytes,
+            reused_bytes_after,
             settled_s,
         });
     }
 
-    fn totals(&self) -> (f64, f64) {
+    /// Catch-up messages, bytes restored and, of those, bytes reused from the volume.
+    fn totals(&self) -> (f64, f64, f64) {
         let scraped = self.scraped.lock().unwrap();
-        (scraped.total(CATCH_UP), scraped.total(RESTORE_BYTES))
+        (
+            scraped.total(CATCH_UP),
+            scraped.total(RESTORE_BYTES),
+            scraped.total(REUSED_BYTES),
+        )
     }
 
     fn scale(&self, replicas: i32) {
@@ -432,9 +444,10 @@ impl Scenario {
         .await;
     }
 
-    /// Bytes and seconds the restorer init containers reported in `[from_ms, to_ms)`.
-    fn restorer_figures(&self, from_ms: i64, to_ms: i64) -> (f64, f64) {
-        let (mut bytes, mut seconds) = (0.0, 0.0);
+    /// Bytes restored, of those bytes reused from the volume, and seconds, that the
+    /// restorer init containers reported in `[from_ms, to_ms)`.
+    fn restorer_figures(&self, from_ms: i64, to_ms: i64) -> (f64, f64, f64) {
+        let (mut bytes, mut reused, mut seconds) = (0.0, 0.0, 0.0);
         for (file, text) in self.agent.all_logs() {
             if !file.ends_with("_restorer.log") {
                 continue;
@@ -453,13 +466,18 @@ impl Scenario {
                 // LOG_FORMAT=json: the event's fields beside timestamp and level.
                 let fields = &value;
                 match fields["message"].as_str() {
-                    Some("partition restored") => bytes += fields["bytes"].as_f64().unwrap_or(0.0),
+                    Some("partition restored") => {
+                        let restored = fields["bytes"].as_f64().unwrap_or(0.0);
+                        let downloaded = fields["bytes_downloaded"].as_f64().unwrap_or(restored);
+                        bytes += restored;
+                        reused += restored - downloaded;
+                    }
                     Some("restorer done") => seconds += fields["seconds"].as_f64().unwrap_or(0.0),
                     _ => {}
                 }
             }
         }
-        (bytes, seconds)
+        (bytes, reused, seconds)
     }
 
     /// Stops the stream, waits for the group to consume everything, reads the output and
@@ -503,7 +521,7 @@ impl Scenario {
     /// The figures table of the steps.
     fn table(&self, output: &[stream::Published]) -> String {
         let mut table = String::from(
-            "| step | settled after (s) | handoff gap (s, longest partition) | median partition gap (s) | catch-up replayed | bytes restored (restorer + in process) | restorer seconds | republished originals |\n|---|---|---|---|---|---|---|---|\n",
+            "| step | settled after (s) | handoff gap (s, longest partition) | median partition gap (s) | catch-up replayed | bytes restored (restorer + in process) | of which reused from the volume | restorer seconds | republished originals |\n|---|---|---|---|---|---|---|---|---|\n",
         );
         for step in &self.steps {
             let (gap, partition) =
@@ -514,14 +532,15 @@ impl Scenario {
                 step.from_ms,
                 step.to_ms,
             ));
-            let (restorer_bytes, restorer_seconds) =
+            let (restorer_bytes, restorer_reused, restorer_seconds) =
                 self.restorer_figures(step.from_ms, step.to_ms);
             table.push_str(&format!(
-                "| {} | {:.1} | {gap:.1} (p{partition}) | {median:.1} | {} | {} | {restorer_seconds:.1} | {} |\n",
+                "| {} | {:.1} | {gap:.1} (p{partition}) | {median:.1} | {} | {} | {} | {restorer_seconds:.1} | {} |\n",
                 step.name,
                 step.settled_s,
                 step.catch_up_after - step.catch_up_before,
                 restorer_bytes + step.restored_bytes_after - step.restored_bytes_before,
+                restorer_reused + step.reused_bytes_after - step.reused_bytes_before,
                 stream::republished_between(output, step.from_ms, step.to_ms),
             ));
         }
@@ -775,7 +794,7 @@ async fn run(test: &str, guarantee: &str, steps: Steps) -> Option<(stream::Verdi
     }
     // The pod rescheduled onto an empty volume had its state from S3, by its restorer.
     if let Some(step) = scenario.steps.iter().find(|s| s.name == RESCHEDULE) {
-        let (bytes, _) = scenario.restorer_figures(step.from_ms, step.to_ms);
+        let (bytes, _, _) = scenario.restorer_figures(step.from_ms, step.to_ms);
         assert!(
             bytes > 0.0,
             "the restorer of the rescheduled pod restored nothing"

@@ -25,6 +25,12 @@ pub struct Config {
     #[arg(long, env = env::STORE_PATH, default_value = "/tmp/deduplication-store")]
     pub store_path: PathBuf,
 
+    /// Base path of the deduplicator's local checkpoints, as its LOCAL_CHECKPOINT_DIR: a
+    /// restore takes the table files it finds there (and in the store it replaces)
+    /// instead of downloading them, so only the delta is fetched.
+    #[arg(long, env = env::LOCAL_CHECKPOINT_DIR, default_value = "./checkpoints")]
+    pub local_checkpoint_dir: PathBuf,
+
     /// Bound of the whole run, retries included. Past it the remaining partitions are
     /// left to the deduplicator, which restores on assignment.
     #[arg(long, env = env::RESTORE_TIMEOUT, default_value = "10m", value_parser = parse_duration)]

@@ -221,6 +221,7 @@ async fn restore_partition(
         max_attempts: config.restore_max_attempts,
         time_bound: deadline.saturating_duration_since(Instant::now()),
         progress: Some(progress_logger(partition)),
+        local_checkpoints: Some(config.local_checkpoint_dir.clone()),
     };
     let outcome = loader.load(topic, partition, &dir, local).await;
     let seconds = started.elapsed().as_secs_f64();

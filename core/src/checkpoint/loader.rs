@@ -3,7 +3,7 @@
 //! the restorer (before the pod starts). The transfer itself (verified, resumable,
 //! atomic, falling back to older checkpoints) is [`super::transfer::restore`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ pub struct CheckpointLoader {
     pub time_bound: Duration,
     /// Called after every verified file.
     pub progress: Option<Arc<ProgressFn>>,
+    /// `LOCAL_CHECKPOINT_DIR`, whose checkpoints of the partition (and the store being
+    /// replaced) lend their table files to a restore, so only the delta is downloaded.
+    pub local_checkpoints: Option<PathBuf>,
 }
 
 /// How loading one partition ended.
@@ -125,6 +128,8 @@ impl RestoreEnded<'_> {
                 next_offset,
                 bytes,
                 files_resumed,
+                files_reused,
+                bytes_reused,
                 ..
             }) => tracing::info!(
                 partition,
@@ -132,7 +137,9 @@ impl RestoreEnded<'_> {
                 ?next_offset,
                 ?local,
                 bytes,
+                bytes_downloaded = bytes.saturating_sub(*bytes_reused),
                 files_resumed,
+                files_reused,
                 seconds,
                 mb_per_s = *bytes as f64 / 1e6 / seconds.max(1e-9),
                 "partition restored"
@@ -189,6 +196,11 @@ impl CheckpointLoader {
             concurrency: self.concurrency.max(1),
             newer_than: local_next_offset,
             progress: self.progress.clone(),
+            reuse_from: self
+                .local_checkpoints
+                .iter()
+                .map(|root| PartitionStore::dir_for(root, topic, partition))
+                .collect(),
         };
         let attempts = async {
             let mut backoff = Duration::from_millis(500);
@@ -288,6 +300,7 @@ mod tests {
             max_attempts: attempts,
             time_bound: bound,
             progress: None,
+            local_checkpoints: None,
         }
     }
 

@@ -143,7 +143,7 @@ fn known_checksums_are_reused_for_sst_files_only() {
 
 mod transfer_tests {
     use super::*;
-    use crate::checkpoint::manifest::{content_key, CheckpointManifest};
+    use crate::checkpoint::manifest::{content_key, CheckpointManifest, ManifestFile};
     use crate::checkpoint::remote::{CheckpointRemote, LocalDirRemote};
     use crate::checkpoint::transfer::{self, RestoreOptions, RestoreOutcome};
 
@@ -201,6 +201,14 @@ mod transfer_tests {
         }
 
         async fn restore(&self, into: &str) -> (RestoreOutcome, PathBuf) {
+            self.restore_reusing(into, Vec::new()).await
+        }
+
+        async fn restore_reusing(
+            &self,
+            into: &str,
+            reuse_from: Vec<PathBuf>,
+        ) -> (RestoreOutcome, PathBuf) {
             let target = self.dir.path().join(into).join("events_0");
             std::fs::create_dir_all(target.parent().unwrap()).unwrap();
             let outcome = transfer::restore(
@@ -211,6 +219,7 @@ mod transfer_tests {
                 &target,
                 &RestoreOptions {
                     concurrency: 4,
+                    reuse_from,
                     ..Default::default()
                 },
             )
@@ -416,6 +425,117 @@ mod transfer_tests {
         assert!(!staging.exists(), "staging renamed into place");
     }
 
+    /// Files of `newer` that `older` has too (same object), and their bytes.
+    fn shared(older: &CheckpointManifest, newer: &CheckpointManifest) -> (Vec<ManifestFile>, u64) {
+        let files: Vec<ManifestFile> = newer
+            .files
+            .iter()
+            .filter(|n| n.local_name.ends_with(".sst"))
+            .filter(|n| older.files.iter().any(|o| o.remote_key == n.remote_key))
+            .cloned()
+            .collect();
+        let bytes = files.iter().map(|f| f.size).sum();
+        (files, bytes)
+    }
+
+    fn restored(outcome: &RestoreOutcome) -> (String, usize, u64) {
+        match outcome {
+            RestoreOutcome::Restored {
+                checkpoint_id,
+                files_reused,
+                bytes_reused,
+                ..
+            } => (checkpoint_id.clone(), *files_reused, *bytes_reused),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Warm handoff's delta: a store restored earlier (a prefetch, or a partition coming
+    /// back to a volume that held it) is brought to a newer checkpoint by downloading
+    /// only the table files it lacks. The shared ones are deleted from the remote here,
+    /// so the restore can only succeed by taking them from the older copy.
+    #[tokio::test]
+    async fn a_restore_over_an_older_copy_downloads_only_the_delta() {
+        let mut f = Fixture::new();
+        f.write(20_000);
+        let (older, _) = f.checkpoint_and_upload(UploadKind::Full).await;
+        let (cold, target) = f.restore("restored").await;
+        assert_eq!(restored(&cold).1, 0, "nothing to reuse in an empty volume");
+        f.write(500);
+        let (newer, _) = f.checkpoint_and_upload(UploadKind::Incremental).await;
+        let (files, bytes) = shared(&older, &newer);
+        assert!(!files.is_empty(), "the newer checkpoint shares table files");
+        for file in &files {
+            std::fs::remove_file(f.remote_path(&newer, &file.local_name)).unwrap();
+        }
+
+        let (warm, again) = f.restore("restored").await;
+        assert_eq!(again, target);
+        let (id, files_reused, bytes_reused) = restored(&warm);
+        assert_eq!(id, newer.checkpoint_id);
+        assert_eq!((files_reused, bytes_reused), (files.len(), bytes));
+        assert!(
+            bytes_reused * 2 > newer.size(),
+            "most of the checkpoint is reused: {bytes_reused} of {}",
+            newer.size()
+        );
+        let store = open_store(&target);
+        assert_eq!(store.next_offset().unwrap(), Some(20_500));
+        for i in (0..20_500).step_by(101) {
+            assert_eq!(store.first_offset(&key(i)).unwrap(), Some(i));
+        }
+    }
+
+    /// A local file of the right name whose content differs (another lineage, damage) is
+    /// not taken: it is downloaded, and the store is the checkpoint's.
+    #[tokio::test]
+    async fn a_local_table_file_that_does_not_verify_is_downloaded_instead() {
+        let mut f = Fixture::new();
+        f.write(20_000);
+        let (older, _) = f.checkpoint_and_upload(UploadKind::Full).await;
+        let (_, target) = f.restore("restored").await;
+        f.write(500);
+        let (newer, _) = f.checkpoint_and_upload(UploadKind::Incremental).await;
+        let (files, _) = shared(&older, &newer);
+        let damaged = target.join(&files[0].local_name);
+        let mut bytes = std::fs::read(&damaged).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&damaged, bytes).unwrap();
+
+        let (outcome, _) = f.restore("restored").await;
+        let (id, files_reused, _) = restored(&outcome);
+        assert_eq!(id, newer.checkpoint_id);
+        assert_eq!(files_reused, files.len() - 1);
+        let store = open_store(&target);
+        for i in (0..20_500).step_by(101) {
+            assert_eq!(store.first_offset(&key(i)).unwrap(), Some(i));
+        }
+    }
+
+    /// The partition's local checkpoints (`LOCAL_CHECKPOINT_DIR`) lend their table files
+    /// to a restore into an empty store directory.
+    #[tokio::test]
+    async fn local_checkpoints_lend_their_table_files() {
+        let mut f = Fixture::new();
+        f.write(20_000);
+        let (older, _) = f.checkpoint_and_upload(UploadKind::Full).await;
+        f.write(500);
+        let (newer, _) = f.checkpoint_and_upload(UploadKind::Incremental).await;
+        let (_, bytes) = shared(&older, &newer);
+        let local = f.dir.path().join("checkpoints/events_0");
+        let (outcome, _) = f.restore_reusing("elsewhere", vec![local]).await;
+        let (id, files_reused, bytes_reused) = restored(&outcome);
+        assert_eq!(id, newer.checkpoint_id);
+        // Every table file of the newer checkpoint is in the local checkpoints.
+        let tables: Vec<_> = newer
+            .files
+            .iter()
+            .filter(|f| f.local_name.ends_with(".sst"))
+            .collect();
+        assert_eq!(files_reused, tables.len());
+        assert!(bytes_reused >= bytes);
+    }
+
     #[tokio::test]
     async fn gc_keeps_the_newest_manifests_and_what_they_reference() {
         let mut f = Fixture::new();
@@ -549,7 +669,7 @@ mod transfer_tests {
                 let options = RestoreOptions {
                     concurrency: 2,
                     newer_than: Some(newer_than),
-                    progress: None,
+                    ..Default::default()
                 };
                 transfer::restore(&remote, PREFIX, "events", 0, &target, &options)
                     .await
@@ -576,6 +696,7 @@ mod transfer_tests {
             progress: Some(std::sync::Arc::new(move |p: &transfer::Progress| {
                 log.lock().unwrap().push((p.files_done, p.bytes_done))
             })),
+            ..Default::default()
         };
         let outcome = transfer::restore(&f.remote, PREFIX, "events", 0, &target, &options)
             .await

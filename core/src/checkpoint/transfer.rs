@@ -2,7 +2,7 @@
 //! (incremental or full, manifest last), restore (newest manifest first, verified,
 //! resumable, atomic, falling back to older ones) and garbage collection.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::manifest::{
@@ -229,6 +229,10 @@ pub struct RestoreOptions {
     pub newer_than: Option<i64>,
     /// Called after every verified file.
     pub progress: Option<std::sync::Arc<ProgressFn>>,
+    /// Directories (each with its subdirectories one level down) whose table files may
+    /// stand in for a checkpoint's, besides the store directory itself and interrupted
+    /// restores of it: e.g. the partition's local checkpoints. See [`restore`].
+    pub reuse_from: Vec<PathBuf>,
 }
 
 /// How a restore ended.
@@ -241,6 +245,10 @@ pub enum RestoreOutcome {
         bytes: u64,
         /// Files found already downloaded and verified (a resumed restore).
         files_resumed: usize,
+        /// Table files taken from an older copy on this volume instead of downloaded
+        /// (a delta restore), and their bytes.
+        files_reused: usize,
+        bytes_reused: u64,
         /// Newer checkpoints skipped as corrupt or incomplete, with the reason.
         skipped: Vec<(String, String)>,
     },
@@ -262,6 +270,13 @@ pub enum RestoreOutcome {
 /// and checksum); files already there and valid are kept, so an interrupted restore
 /// resumes. Only a fully verified checkpoint is renamed into place, replacing any
 /// previous directory. A corrupt or incomplete checkpoint falls back to the next older.
+///
+/// Only the delta is downloaded when an older copy of the partition is on this volume
+/// (the store being replaced, an interrupted restore of another checkpoint, the
+/// directories of `options.reuse_from`): a table file (`.sst`, `.blob`) of the same name,
+/// size and checksum is hard-linked (or copied) instead. RocksDB never changes a table
+/// file once written, and the checksum is verified before a file is taken, so a file of
+/// another lineage that only shares the name is downloaded.
 pub async fn restore<R: CheckpointRemote>(
     remote: &R,
     key_prefix: &str,
@@ -301,8 +316,13 @@ pub async fn restore<R: CheckpointRemote>(
             }
         }
         let staging = staging_dir(store_dir, &manifest.checkpoint_id);
-        match download_verified(remote, &prefix, &manifest, &staging, options).await {
-            Ok(files_resumed) => {
+        let reusable = reusable_files(store_dir, &staging, &options.reuse_from);
+        match download_verified(remote, &prefix, &manifest, &staging, &reusable, options).await {
+            Ok(FetchStats {
+                files_resumed,
+                files_reused,
+                bytes_reused,
+            }) => {
                 replace_dir(&staging, store_dir)
                     .map_err(|e| RemoteError::io(&manifest.checkpoint_id, e))?;
                 remove_stale_staging(store_dir);
@@ -311,6 +331,8 @@ pub async fn restore<R: CheckpointRemote>(
                     next_offset: manifest.next_offset,
                     bytes: manifest.size(),
                     files_resumed,
+                    files_reused,
+                    bytes_reused,
                     skipped,
                 });
             }
@@ -355,13 +377,79 @@ enum Problem {
     Remote(RemoteError),
 }
 
+/// How a checkpoint's files got into its staging directory, beyond downloads.
+#[derive(Debug, Default, Clone, Copy)]
+struct FetchStats {
+    files_resumed: usize,
+    files_reused: usize,
+    bytes_reused: u64,
+}
+
+/// How one file got there.
+enum Fetched {
+    Downloaded,
+    Resumed,
+    Reused,
+}
+
+/// Table files on this volume that may stand in for a checkpoint's, by name: those of
+/// the store directory, of other staging directories of it, and of `extra` and its
+/// subdirectories (one level). Never the `staging` directory itself.
+fn reusable_files(
+    store_dir: &Path,
+    staging: &Path,
+    extra: &[PathBuf],
+) -> HashMap<String, Vec<PathBuf>> {
+    let mut dirs = vec![store_dir.to_path_buf()];
+    if let (Some(parent), Some(name)) = (store_dir.parent(), store_dir.file_name()) {
+        let stem = format!("{}.restore-", name.to_string_lossy());
+        dirs.extend(subdirectories(parent).filter(|d| {
+            d.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&stem))
+        }));
+    }
+    for dir in extra {
+        dirs.push(dir.clone());
+        dirs.extend(subdirectories(dir));
+    }
+    let mut files: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    for dir in dirs.into_iter().filter(|d| d != staging) {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_table_file(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
+                files.entry(name).or_default().push(entry.path());
+            }
+        }
+    }
+    files
+}
+
+fn subdirectories(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+}
+
+/// RocksDB's immutable files: tables and blobs. Never the MANIFEST, CURRENT or OPTIONS,
+/// which a store goes on writing (a hard link would share the writes).
+fn is_table_file(name: &str) -> bool {
+    name.ends_with(".sst") || name.ends_with(".blob")
+}
+
 async fn download_verified<R: CheckpointRemote>(
     remote: &R,
     prefix: &str,
     manifest: &CheckpointManifest,
     staging: &Path,
+    reusable: &HashMap<String, Vec<PathBuf>>,
     options: &RestoreOptions,
-) -> Result<usize, Problem> {
+) -> Result<FetchStats, Problem> {
     std::fs::create_dir_all(staging)
         .map_err(|e| Problem::Remote(RemoteError::io(&manifest.checkpoint_id, e)))?;
     let mut progress = Progress {
@@ -374,32 +462,47 @@ async fn download_verified<R: CheckpointRemote>(
     let fetches: Vec<_> = manifest
         .files
         .iter()
-        .map(|file| fetch_one(remote, prefix, staging, file))
+        .map(|file| {
+            let candidates = reusable.get(&file.local_name).cloned().unwrap_or_default();
+            fetch_one(remote, prefix, staging, file, candidates)
+        })
         .collect();
     let mut fetches = stream::iter(fetches).buffer_unordered(options.concurrency.max(1));
-    let mut resumed = 0;
+    let mut stats = FetchStats::default();
     while let Some(done) = fetches.next().await {
-        let (size, was_there) = done?;
-        resumed += usize::from(was_there);
+        let (size, how) = done?;
+        match how {
+            Fetched::Downloaded => {}
+            Fetched::Resumed => stats.files_resumed += 1,
+            Fetched::Reused => {
+                stats.files_reused += 1;
+                stats.bytes_reused += size;
+            }
+        }
         progress.files_done += 1;
         progress.bytes_done += size;
         if let Some(report) = &options.progress {
             report(&progress);
         }
     }
-    Ok(resumed)
+    Ok(stats)
 }
 
-/// Downloads one file unless it is already there and valid; `(size, was_there)`.
+/// Gets one file into `staging`: kept if already there and valid, else taken from the
+/// first of `candidates` (same name on this volume) that verifies, else downloaded.
 async fn fetch_one<R: CheckpointRemote>(
     remote: &R,
     prefix: &str,
     staging: &Path,
     file: &ManifestFile,
-) -> Result<(u64, bool), Problem> {
+    candidates: Vec<PathBuf>,
+) -> Result<(u64, Fetched), Problem> {
     let local = staging.join(&file.local_name);
     if verify_blocking(&local, file).await.is_ok() {
-        return Ok((file.size, true));
+        return Ok((file.size, Fetched::Resumed));
+    }
+    if !candidates.is_empty() && reuse_blocking(candidates, &local, file).await {
+        return Ok((file.size, Fetched::Reused));
     }
     let key = format!("{prefix}/{}", file.remote_key);
     if !remote
@@ -414,7 +517,26 @@ async fn fetch_one<R: CheckpointRemote>(
     verify_blocking(&local, file)
         .await
         .map_err(Problem::Corrupt)?;
-    Ok((file.size, false))
+    Ok((file.size, Fetched::Downloaded))
+}
+
+/// Links (or copies, across file systems) the first candidate whose size and checksum
+/// are the manifest's to `target`; false if none does or none could be placed.
+async fn reuse_blocking(candidates: Vec<PathBuf>, target: &Path, file: &ManifestFile) -> bool {
+    let (target, file) = (target.to_path_buf(), file.clone());
+    tokio::task::spawn_blocking(move || {
+        candidates.iter().any(|candidate| {
+            let same_size = std::fs::metadata(candidate).is_ok_and(|m| m.len() == file.size);
+            if !same_size || verify(candidate, &file).is_err() {
+                return false;
+            }
+            let _ = std::fs::remove_file(&target);
+            std::fs::hard_link(candidate, &target).is_ok()
+                || std::fs::copy(candidate, &target).is_ok_and(|n| n == file.size)
+        })
+    })
+    .await
+    .unwrap_or(false)
 }
 
 async fn verify_blocking(path: &Path, file: &ManifestFile) -> Result<(), Damage> {
