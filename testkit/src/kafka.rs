@@ -320,6 +320,37 @@ pub fn produce_to(bootstrap: &str, topic: &str, messages: &[Produced]) {
         .expect("flush test producer");
 }
 
+/// Produces `messages` at a steady `per_second` through one producer (in order, each
+/// sent when due), so that consumption gaps can be told from gaps in the input.
+pub fn produce_paced(bootstrap: &str, topic: &str, messages: &[Produced], per_second: u64) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "2")
+        .create()
+        .expect("producer");
+    let started = std::time::Instant::now();
+    for (i, m) in messages.iter().enumerate() {
+        let due = started + Duration::from_micros(i as u64 * 1_000_000 / per_second.max(1));
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(m.partition);
+        if let Some(key) = &m.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &m.payload {
+            record = record.payload(payload.as_slice());
+        }
+        while let Err((_, returned)) = producer.send(record) {
+            record = returned;
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("flush test producer");
+}
+
 /// One message to produce.
 #[derive(Clone, Debug)]
 pub struct Produced {
