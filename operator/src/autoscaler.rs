@@ -147,17 +147,22 @@ pub async fn run(clusters: reflector::Store<DedupCluster>, ctx: Arc<Context>) {
                 .iter()
                 .any(|c| key_of(c) == *key && c.spec.autoscaling.is_some())
         });
-        for cluster in clusters {
+        for cluster in clusters.iter() {
             let Some(spec) = cluster.spec.autoscaling.clone() else {
                 continue;
             };
-            // A paused or invalid cluster is left alone: the controller applies nothing,
-            // and replicas decided meanwhile would all land at once on resuming.
-            if crate::controller::is_paused(&cluster) || cluster.spec.validate().is_err() {
+            // A paused or invalid cluster, or one refused a consumer group another holds,
+            // is left alone: the controller applies nothing, and replicas decided meanwhile
+            // would all land at once on resuming (the lag read would be the holder's).
+            if crate::controller::is_paused(cluster)
+                || cluster.spec.validate().is_err()
+                || crate::builders::group_holder(cluster, clusters.iter().map(|c| c.as_ref()))
+                    .is_some()
+            {
                 continue;
             }
             let now = Instant::now();
-            let state = watched.entry(key_of(&cluster)).or_insert(Watched {
+            let state = watched.entry(key_of(cluster)).or_insert(Watched {
                 since: now,
                 next_reading: now,
                 history: VecDeque::new(),
@@ -168,8 +173,8 @@ pub async fn run(clusters: reflector::Store<DedupCluster>, ctx: Arc<Context>) {
             }
             let poll = Duration::from_secs(spec.poll_interval_seconds.max(1) as u64);
             state.next_reading = now + poll;
-            if let Err(error) = step(&ctx.client, &ctx, &cluster, &spec, state).await {
-                tracing::warn!(cluster = %key_of(&cluster), %error, "autoscaler step failed");
+            if let Err(error) = step(&ctx.client, &ctx, cluster, &spec, state).await {
+                tracing::warn!(cluster = %key_of(cluster), %error, "autoscaler step failed");
             }
         }
     }

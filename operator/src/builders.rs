@@ -107,6 +107,49 @@ pub fn consumer_group(cluster: &DedupCluster) -> String {
         .unwrap_or_else(|| cluster.name_any())
 }
 
+/// The cluster's brokers as a comparable set: `kafka.bootstrapServers` split at commas,
+/// trimmed, lower-cased, sorted.
+fn broker_set(cluster: &DedupCluster) -> Vec<String> {
+    let mut brokers: Vec<String> = cluster
+        .spec
+        .kafka
+        .bootstrap_servers
+        .split(',')
+        .map(|b| b.trim().to_ascii_lowercase())
+        .filter(|b| !b.is_empty())
+        .collect();
+    brokers.sort_unstable();
+    brokers.dedup();
+    brokers
+}
+
+/// The DedupCluster that already holds `cluster`'s consumer group, if another one among
+/// `peers` has the same group id on the same brokers and came first (created earlier;
+/// at the same second, the lower `namespace/name`). Two clusters in one group would split
+/// the input's partitions between them, and two with the same name would also share
+/// their pods' `group.instance.id`s and fence each other: the later one must not start.
+pub fn group_holder<'a>(
+    cluster: &DedupCluster,
+    peers: impl IntoIterator<Item = &'a DedupCluster>,
+) -> Option<&'a DedupCluster> {
+    let order = |c: &DedupCluster| {
+        (
+            c.metadata.creation_timestamp.clone(),
+            c.namespace().unwrap_or_default(),
+            c.name_any(),
+        )
+    };
+    let (group, brokers, mine) = (consumer_group(cluster), broker_set(cluster), order(cluster));
+    peers
+        .into_iter()
+        .filter(|peer| {
+            (peer.namespace(), peer.name_any()) != (cluster.namespace(), cluster.name_any())
+        })
+        .filter(|peer| consumer_group(peer) == group && broker_set(peer) == brokers)
+        .filter(|peer| order(peer) < mine)
+        .min_by_key(|peer| order(peer))
+}
+
 /// The settings of both containers, under the deduplicator's own variable names.
 pub fn config_data(cluster: &DedupCluster) -> BTreeMap<String, String> {
     let spec = &cluster.spec;

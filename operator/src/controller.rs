@@ -40,6 +40,9 @@ pub const FIELD_MANAGER: &str = "kafka-deduplicator-operator";
 /// How often a healthy cluster is reconciled without any change.
 const RESYNC: Duration = Duration::from_secs(300);
 
+/// How soon a cluster refused for a consumer group conflict is checked again.
+const GROUP_CONFLICT_RECHECK: Duration = Duration::from_secs(30);
+
 /// Errors of a reconcile; the variant name is the `error` label of the metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -104,6 +107,9 @@ pub struct Context {
     /// the pods of a scale-down, whose static members leave the group once they are gone
     /// ([`crate::group_departure`]).
     pub members_seen: std::sync::Mutex<std::collections::HashMap<String, i32>>,
+    /// Every DedupCluster the controller watches, to find a consumer group that another
+    /// one already holds ([`builders::group_holder`]). `None`: not checked.
+    pub peers: Option<reflector::Store<DedupCluster>>,
 }
 
 impl Context {
@@ -117,7 +123,14 @@ impl Context {
             client,
             metrics,
             members_seen: Default::default(),
+            peers: None,
         }
+    }
+
+    /// Checks each cluster's consumer group against those of `peers`.
+    pub fn with_peers(mut self, peers: reflector::Store<DedupCluster>) -> Self {
+        self.peers = Some(peers);
+        self
     }
 }
 
@@ -167,6 +180,27 @@ async fn reconcile_inner(cluster: &DedupCluster, ctx: &Arc<Context>) -> Result<A
         .await?;
         // Nothing to retry: the next spec change triggers a reconcile.
         return Ok(Action::await_change());
+    }
+
+    if let Some(holder) = group_holder(ctx, cluster).await {
+        let message = format!(
+            "consumer group {} on the same brokers is already used by DedupCluster {}/{}: set spec.kafka.consumerGroup to a group of its own",
+            builders::consumer_group(cluster),
+            holder.namespace().unwrap_or_default(),
+            holder.name_any()
+        );
+        tracing::warn!(%namespace, %name, %message, "consumer group conflict");
+        report_failure(
+            ctx,
+            cluster,
+            &clusters,
+            &previous,
+            "ConsumerGroupConflict",
+            &message,
+        )
+        .await?;
+        // Checked again soon: the holder may be deleted or change its group.
+        return Ok(Action::requeue(GROUP_CONFLICT_RECHECK));
     }
 
     let owner = builders::owner_reference(cluster).ok_or(Error::MissingObjectKey)?;
@@ -629,6 +663,17 @@ pub fn backoff(failures: u32) -> Duration {
         .min(Duration::from_secs(300))
 }
 
+/// The DedupCluster holding `cluster`'s consumer group, judged on every watched cluster
+/// (after the watch's first full list, never on part of it).
+async fn group_holder(ctx: &Context, cluster: &DedupCluster) -> Option<DedupCluster> {
+    let peers = ctx.peers.as_ref()?;
+    if peers.wait_until_ready().await.is_err() {
+        return None;
+    }
+    let state = peers.state();
+    builders::group_holder(cluster, state.iter().map(|c| c.as_ref())).cloned()
+}
+
 /// An API over one namespace, or all of them.
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -669,7 +714,7 @@ pub async fn run(
     )
     .default_backoff()
     .touched_objects();
-    let ctx = Arc::new(Context::new(client, Arc::clone(&metrics)));
+    let ctx = Arc::new(Context::new(client, Arc::clone(&metrics)).with_peers(reader.clone()));
     // The lag autoscaler, over the same store; it stops with the controller.
     let autoscaler = crate::autoscaler::run(reader.clone(), Arc::clone(&ctx));
     let controller = Controller::for_stream(cluster_changes, reader)

@@ -278,3 +278,107 @@ fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
         (t, p) => *t = p.clone(),
     }
 }
+
+/// A DedupCluster `namespace/name` created at `created` (RFC 3339), on `brokers`, with
+/// `group` as its `kafka.consumerGroup` (`None`: the default, its name).
+fn peer(
+    namespace: &str,
+    name: &str,
+    created: &str,
+    brokers: &str,
+    group: Option<&str>,
+) -> operator::crd::DedupCluster {
+    let mut spec = serde_json::to_value(&fixtures::minimal().spec).unwrap();
+    spec["kafka"]["bootstrapServers"] = brokers.into();
+    if let Some(group) = group {
+        spec["kafka"]["consumerGroup"] = group.into();
+    }
+    let mut cluster = fixtures::cluster(spec);
+    cluster.metadata.name = Some(name.into());
+    cluster.metadata.namespace = Some(namespace.into());
+    cluster.metadata.creation_timestamp = Some(serde_json::from_value(created.into()).unwrap());
+    cluster
+}
+
+fn holder_of(
+    cluster: &operator::crd::DedupCluster,
+    peers: &[operator::crd::DedupCluster],
+) -> Option<(String, String)> {
+    builders::group_holder(cluster, peers.iter()).map(|c| {
+        (
+            c.metadata.namespace.clone().unwrap(),
+            c.metadata.name.clone().unwrap(),
+        )
+    })
+}
+
+#[test]
+fn a_consumer_group_already_held_on_the_same_brokers_is_refused_to_the_later_cluster() {
+    let first = peer(
+        "team-a",
+        "events",
+        "2026-01-01T00:00:00Z",
+        "k1:9092,k2:9092",
+        None,
+    );
+    // The same name in another namespace: the same default group, the same instance ids.
+    let second = peer(
+        "team-b",
+        "events",
+        "2026-01-02T00:00:00Z",
+        " K2:9092, k1:9092 ",
+        None,
+    );
+    let all = [first.clone(), second.clone()];
+    assert_eq!(
+        holder_of(&second, &all),
+        Some(("team-a".into(), "events".into())),
+        "the later one is refused, whatever the spelling of the same brokers"
+    );
+    assert_eq!(holder_of(&first, &all), None, "the first keeps its group");
+
+    // Another name that sets the same group explicitly conflicts too.
+    let named = peer(
+        "team-c",
+        "other",
+        "2026-01-03T00:00:00Z",
+        "k1:9092,k2:9092",
+        Some("events"),
+    );
+    assert!(holder_of(&named, &[first.clone(), named.clone()]).is_some());
+
+    // A group of its own, or other brokers: no conflict.
+    let own = peer(
+        "team-b",
+        "events",
+        "2026-01-02T00:00:00Z",
+        "k1:9092,k2:9092",
+        Some("events-b"),
+    );
+    assert_eq!(holder_of(&own, &[first.clone(), own.clone()]), None);
+    let elsewhere = peer(
+        "team-b",
+        "events",
+        "2026-01-02T00:00:00Z",
+        "other:9092",
+        None,
+    );
+    assert_eq!(
+        holder_of(&elsewhere, &[first.clone(), elsewhere.clone()]),
+        None
+    );
+
+    // Created in the same second: the lower namespace/name keeps it.
+    let twin = peer(
+        "team-0",
+        "events",
+        "2026-01-01T00:00:00Z",
+        "k1:9092,k2:9092",
+        None,
+    );
+    assert_eq!(
+        holder_of(&first, &[first.clone(), twin.clone()]),
+        Some(("team-0".into(), "events".into()))
+    );
+    assert_eq!(holder_of(&twin, &[first, twin.clone()]), None);
+}

@@ -709,6 +709,75 @@ async fn admission_refuses_what_the_schema_can_express_and_degraded_reports_the_
     assert!(statefulsets.get_opt("grouped").await.unwrap().is_none());
 }
 
+/// Two DedupClusters in one consumer group on the same brokers would split the input's
+/// partitions between them (and two of the same name in two namespaces would also share
+/// their pods' instance ids and fence each other): the one created later is refused
+/// with `Degraded`/`ConsumerGroupConflict` and gets no children, until its group is its
+/// own. The first one is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_cluster_in_a_held_consumer_group_is_refused_until_its_group_is_its_own() {
+    let Some((client, ns, _operator)) = started("groups").await else {
+        return;
+    };
+    let clusters: Api<DedupCluster> = Api::namespaced(client.clone(), &ns.name);
+    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
+    let exists = |name: &'static str| {
+        let statefulsets = statefulsets.clone();
+        async move {
+            match statefulsets.get_opt(name).await {
+                Ok(Some(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    };
+    apply(
+        &ns.name,
+        &example("first", 1, |spec| {
+            spec["kafka"]["consumerGroup"] = "shared".into();
+        }),
+    );
+    eventually("first's StatefulSet", WAIT, || exists("first")).await;
+    // Creation times have a resolution of one second.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    apply(
+        &ns.name,
+        &example("second", 1, |spec| {
+            spec["kafka"]["consumerGroup"] = "shared".into();
+        }),
+    );
+    let status = degraded(&clusters, "second").await;
+    assert_eq!(status.reason, "ConsumerGroupConflict");
+    assert!(
+        status.message.contains("consumer group shared")
+            && status.message.contains(&format!("{}/first", ns.name)),
+        "{}",
+        status.message
+    );
+    assert!(statefulsets.get_opt("second").await.unwrap().is_none());
+    let first = clusters
+        .get("first")
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default();
+    assert!(
+        condition(&first, "Degraded").is_none_or(|c| c.status != "True"),
+        "the holder is not degraded: {first:?}"
+    );
+
+    patch_cluster(
+        &ns.name,
+        "second",
+        r#"{"spec": {"kafka": {"consumerGroup": "second-own"}}}"#,
+    );
+    eventually(
+        "second's StatefulSet once its group is its own",
+        WAIT,
+        || exists("second"),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_the_server_refuses_is_reported_in_degraded_and_retried() {
     let Some(client) = cluster().await else {
