@@ -290,49 +290,31 @@ impl TestKafka {
 /// Produces `messages` to `topic` on the cluster at `bootstrap` and waits for them (for
 /// threads: the mock cluster handle itself stays with the test).
 pub fn produce_to(bootstrap: &str, topic: &str, messages: &[Produced]) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("message.max.bytes", "3000000")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    for m in messages {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(m.partition);
-        if let Some(key) = &m.key {
-            record = record.key(key.as_slice());
-        }
-        if let Some(payload) = &m.payload {
-            record = record.payload(payload.as_slice());
-        }
-        let mut record = record;
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, returned)) => {
-                    record = returned;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer
-        .flush(Duration::from_secs(30))
-        .expect("flush test producer");
+    send_all(bootstrap, topic, messages, None);
 }
 
 /// Produces `messages` at a steady `per_second` through one producer (in order, each
 /// sent when due), so that consumption gaps can be told from gaps in the input.
 pub fn produce_paced(bootstrap: &str, topic: &str, messages: &[Produced], per_second: u64) {
+    send_all(bootstrap, topic, messages, Some(per_second));
+}
+
+/// Sends `messages` in order through one producer (each when due, at `per_second` if
+/// given) and waits for every delivery.
+fn send_all(bootstrap: &str, topic: &str, messages: &[Produced], per_second: Option<u64>) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "2")
+        .set("message.max.bytes", "3000000")
+        .set("linger.ms", if per_second.is_some() { "2" } else { "5" })
         .create()
         .expect("producer");
     let started = std::time::Instant::now();
     for (i, m) in messages.iter().enumerate() {
-        let due = started + Duration::from_micros(i as u64 * 1_000_000 / per_second.max(1));
-        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
-            std::thread::sleep(wait);
+        if let Some(rate) = per_second {
+            let due = started + Duration::from_micros(i as u64 * 1_000_000 / rate.max(1));
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
         }
         let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(m.partition);
         if let Some(key) = &m.key {
