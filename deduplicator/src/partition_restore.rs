@@ -307,11 +307,14 @@ where
     let deadline = Instant::now() + wait;
     let mut refusals = 0u32;
     loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        // Never 0: librdkafka then seeks asynchronously and reports success unchecked.
+        let call = CONSUMER_CALL_TIMEOUT
+            .min(remaining)
+            .max(Duration::from_millis(1));
         let seek = {
             let consumer = Arc::clone(consumer);
             let topic = topic.to_string();
-            let call =
-                CONSUMER_CALL_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
             blocking(move || consumer.seek(&topic, partition, Offset::Offset(start), call))
                 .await
                 .unwrap_or(Err(KafkaError::Canceled))
@@ -328,13 +331,16 @@ where
                 }
                 return Ok(refusals);
             }
-            Err(error) if Instant::now() >= deadline => return Err(error),
             Err(error) => {
                 refusals += 1;
+                let pause = SEEK_RETRY_STEP * refusals.min(10);
+                if Instant::now() + pause >= deadline {
+                    return Err(error);
+                }
                 if refusals == 1 {
                     tracing::info!(partition, start, %error, "the partition does not fetch yet (its committed offset is not stable); retrying the move to the store's offset");
                 }
-                tokio::time::sleep(SEEK_RETRY_STEP * refusals.min(10)).await;
+                tokio::time::sleep(pause).await;
             }
         }
     }

@@ -716,6 +716,12 @@ async fn a_partition_is_moved_back_to_its_store_while_its_committed_offset_is_un
         holder.abort_transaction(Duration::from_secs(30))
     });
 
+    // With no time left the move is refused, never started blindly (a zero timeout
+    // would make librdkafka seek asynchronously and report success).
+    let no_time =
+        deduplicator::partition_restore::seek_to_start(&consumer, &input, 0, 4, Duration::ZERO)
+            .await;
+    assert!(no_time.is_err(), "{no_time:?}");
     let moved = deduplicator::partition_restore::seek_to_start(
         &consumer,
         &input,

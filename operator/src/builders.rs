@@ -145,6 +145,8 @@ pub fn group_holder<'a>(
         .filter(|peer| {
             (peer.namespace(), peer.name_any()) != (cluster.namespace(), cluster.name_any())
         })
+        // One being deleted, or whose spec is invalid (it gets no children), holds nothing.
+        .filter(|peer| peer.metadata.deletion_timestamp.is_none() && peer.spec.validate().is_ok())
         .filter(|peer| consumer_group(peer) == group && broker_set(peer) == brokers)
         .filter(|peer| order(peer) < mine)
         .min_by_key(|peer| order(peer))

@@ -368,6 +368,15 @@ fn a_consumer_group_already_held_on_the_same_brokers_is_refused_to_the_later_clu
         None
     );
 
+    // An earlier cluster being deleted, or with an invalid spec, holds nothing.
+    let mut leaving = first.clone();
+    leaving.metadata.deletion_timestamp = leaving.metadata.creation_timestamp.clone();
+    assert_eq!(holder_of(&second, &[leaving, second.clone()]), None);
+    let mut broken = first.clone();
+    broken.spec.replicas = -1;
+    assert!(broken.spec.validate().is_err());
+    assert_eq!(holder_of(&second, &[broken, second.clone()]), None);
+
     // Created in the same second: the lower namespace/name keeps it.
     let twin = peer(
         "team-0",

@@ -504,6 +504,14 @@ async fn fetch_one<R: CheckpointRemote>(
     if !candidates.is_empty() && reuse_blocking(candidates, &local, file).await {
         return Ok((file.size, Fetched::Reused));
     }
+    // A new file, never a write through what is there: that may be a hard link to a
+    // store's or a local checkpoint's file (an earlier reuse).
+    match std::fs::remove_file(&local) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Problem::Remote(RemoteError::io(&file.local_name, error)));
+        }
+        _ => {}
+    }
     let key = format!("{prefix}/{}", file.remote_key);
     if !remote
         .get_file(&key, &local)
