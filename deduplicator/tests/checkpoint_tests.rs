@@ -455,21 +455,7 @@ fn output_gaps(published: &[OwnedMessage], partitions: i32, from_ms: i64, to_ms:
 
 /// The partitions a process's log says were assigned to it.
 fn assigned_in_log(log: &std::path::Path) -> Vec<i32> {
-    let raw = std::fs::read_to_string(log).unwrap_or_default();
-    // Without the terminal colours the log is written with.
-    let mut text = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            text.push(c);
-        }
-    }
+    let text = strip_ansi(&std::fs::read_to_string(log).unwrap_or_default());
     let mut partitions: Vec<i32> = text
         .lines()
         .filter(|l| l.contains("partition assigned"))
@@ -559,10 +545,4 @@ fn partitions_that_stay_pause_only_while_their_owner_gives_others_up() {
             "partition {partition} stayed with its owner but stalled {gap} s, as long as a move ({shortest_move} s; moved {moved:?}, gaps {gaps:?})"
         );
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

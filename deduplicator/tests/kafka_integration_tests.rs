@@ -535,13 +535,6 @@ fn no_committed_offset_and_a_store_that_is_ahead_loses_no_unique_event() {
     );
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn event_at(partition: i32, uuid: &str, distinct_id: &str, timestamp_ms: i64) -> Produced {
     Produced {
         partition,

@@ -290,23 +290,6 @@ fn ownership_intervals(log: &std::path::Path) -> Ownership {
     intervals
 }
 
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Rebalance storm: three processes with separate store directories join and leave
 /// every few seconds while events stream in. No unique event is lost, only originals
 /// are republished (how many is reported), no partition is ever owned by two processes
