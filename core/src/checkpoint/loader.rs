@@ -191,6 +191,25 @@ impl CheckpointLoader {
         store_dir: &Path,
         local_next_offset: Option<i64>,
     ) -> LoadOutcome {
+        self.run(topic, partition, store_dir, local_next_offset, false)
+            .await
+    }
+
+    /// Downloads the partition's newest usable checkpoint next to `store_dir` without
+    /// installing it ([`transfer::prefetch`]), with the same retries and time bound as
+    /// [`Self::load`]: a later `load` then downloads only what changed since.
+    pub async fn prefetch(&self, topic: &str, partition: i32, store_dir: &Path) -> LoadOutcome {
+        self.run(topic, partition, store_dir, None, true).await
+    }
+
+    async fn run(
+        &self,
+        topic: &str,
+        partition: i32,
+        store_dir: &Path,
+        local_next_offset: Option<i64>,
+        stage_only: bool,
+    ) -> LoadOutcome {
         let started = Instant::now();
         let options = RestoreOptions {
             concurrency: self.concurrency.max(1),
@@ -207,7 +226,10 @@ impl CheckpointLoader {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                match self.attempt(topic, partition, store_dir, &options).await {
+                match self
+                    .attempt(topic, partition, store_dir, &options, stage_only)
+                    .await
+                {
                     Ok(outcome) => return LoadOutcome::Finished(outcome),
                     Err(error) if attempt >= self.max_attempts.max(1) => {
                         return LoadOutcome::Failed {
@@ -238,21 +260,19 @@ impl CheckpointLoader {
         partition: i32,
         store_dir: &Path,
         options: &RestoreOptions,
+        stage_only: bool,
     ) -> Result<RestoreOutcome, RemoteError> {
         if let Some(parent) = store_dir.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
                 .map_err(|e| RemoteError::io(&parent.display().to_string(), e))?;
         }
-        transfer::restore(
-            &self.remote,
-            &self.key_prefix,
-            topic,
-            partition,
-            store_dir,
-            options,
-        )
-        .await
+        let (remote, prefix) = (&self.remote, self.key_prefix.as_str());
+        if stage_only {
+            transfer::prefetch(remote, prefix, topic, partition, store_dir, options).await
+        } else {
+            transfer::restore(remote, prefix, topic, partition, store_dir, options).await
+        }
     }
 }
 

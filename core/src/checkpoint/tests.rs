@@ -512,6 +512,68 @@ mod transfer_tests {
         }
     }
 
+    /// Warm handoff: a checkpoint prefetched before the partition is assigned is staged
+    /// beside the store directory, never installed; the restore at assignment, of the
+    /// newer checkpoint uploaded meanwhile (the old owner's final one), downloads only
+    /// the delta. The files they share are deleted from the remote after the prefetch,
+    /// so the restore can only succeed by taking them from the staged copy.
+    #[tokio::test]
+    async fn a_prefetched_checkpoint_is_staged_and_the_restore_fetches_only_the_delta() {
+        let mut f = Fixture::new();
+        f.write(20_000);
+        let (older, _) = f.checkpoint_and_upload(UploadKind::Full).await;
+        let target = f.dir.path().join("moved/events_0");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let options = RestoreOptions {
+            concurrency: 4,
+            ..Default::default()
+        };
+        let staged = transfer::prefetch(&f.remote, PREFIX, "events", 0, &target, &options)
+            .await
+            .unwrap();
+        assert_eq!(restored(&staged).0, older.checkpoint_id);
+        assert!(!target.exists(), "a prefetch installs nothing");
+        let staging = target.with_file_name(format!("events_0.restore-{}", older.checkpoint_id));
+        assert!(staging.is_dir(), "staged at {}", staging.display());
+        // Prefetching again finds every file staged: nothing is downloaded twice.
+        match transfer::prefetch(&f.remote, PREFIX, "events", 0, &target, &options)
+            .await
+            .unwrap()
+        {
+            RestoreOutcome::Restored { files_resumed, .. } => {
+                assert_eq!(files_resumed, older.files.len())
+            }
+            other => panic!("{other:?}"),
+        }
+
+        f.write(500);
+        let (newer, _) = f.checkpoint_and_upload(UploadKind::Incremental).await;
+        let (files, bytes) = shared(&older, &newer);
+        assert!(!files.is_empty(), "the newer checkpoint shares table files");
+        for file in &files {
+            std::fs::remove_file(f.remote_path(&newer, &file.local_name)).unwrap();
+        }
+        let (outcome, again) = f.restore("moved").await;
+        assert_eq!(again, target);
+        let (id, files_reused, bytes_reused) = restored(&outcome);
+        assert_eq!(id, newer.checkpoint_id);
+        assert_eq!((files_reused, bytes_reused), (files.len(), bytes));
+        assert!(!staging.exists(), "the staged copy is removed once restored");
+        let store = open_store(&target);
+        assert_eq!(store.next_offset().unwrap(), Some(20_500));
+        for i in (0..20_500).step_by(101) {
+            assert_eq!(store.first_offset(&key(i)).unwrap(), Some(i));
+        }
+        // A staged copy of a partition that never came is removed on request.
+        transfer::prefetch(&f.remote, PREFIX, "events", 0, &target, &options)
+            .await
+            .unwrap();
+        let staged = target.with_file_name(format!("events_0.restore-{}", newer.checkpoint_id));
+        assert!(staged.is_dir());
+        transfer::discard_staged(&target);
+        assert!(!staged.exists() && target.is_dir(), "the store is kept");
+    }
+
     /// The partition's local checkpoints (`LOCAL_CHECKPOINT_DIR`) lend their table files
     /// to a restore into an empty store directory.
     #[tokio::test]

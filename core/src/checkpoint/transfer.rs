@@ -285,6 +285,51 @@ pub async fn restore<R: CheckpointRemote>(
     store_dir: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreOutcome, RemoteError> {
+    fetch(remote, key_prefix, topic, partition, store_dir, options, Finish::Install).await
+}
+
+/// Downloads and verifies the newest usable checkpoint of a partition next to
+/// `store_dir` (in its staging directory, exactly as [`restore`] would) and leaves it
+/// there, not installed: a later `restore` of the same checkpoint then downloads
+/// nothing, and one of a newer checkpoint takes the staged table files and downloads only
+/// the delta. For a partition about to move here (warm handoff). Staged copies of other
+/// checkpoints of the partition are removed once this one is complete; the store
+/// directory itself is never touched. `Restored` reports what was staged.
+pub async fn prefetch<R: CheckpointRemote>(
+    remote: &R,
+    key_prefix: &str,
+    topic: &str,
+    partition: i32,
+    store_dir: &Path,
+    options: &RestoreOptions,
+) -> Result<RestoreOutcome, RemoteError> {
+    fetch(remote, key_prefix, topic, partition, store_dir, options, Finish::Stage).await
+}
+
+/// Removes every staged (prefetched or interrupted) checkpoint of the store at
+/// `store_dir`; the store itself is kept.
+pub fn discard_staged(store_dir: &Path) {
+    remove_stale_staging(store_dir, None);
+}
+
+/// What a fetched checkpoint becomes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// Renamed into place as the store.
+    Install,
+    /// Left in its staging directory.
+    Stage,
+}
+
+async fn fetch<R: CheckpointRemote>(
+    remote: &R,
+    key_prefix: &str,
+    topic: &str,
+    partition: i32,
+    store_dir: &Path,
+    options: &RestoreOptions,
+    finish: Finish,
+) -> Result<RestoreOutcome, RemoteError> {
     let manifests = list_manifest_keys(remote, key_prefix, topic, partition).await?;
     if manifests.is_empty() {
         return Ok(RestoreOutcome::NoCheckpoint);
@@ -308,6 +353,10 @@ pub async fn restore<R: CheckpointRemote>(
         };
         if let Some(local) = options.newer_than {
             if manifest.next_offset.is_none_or(|remote| remote <= local) {
+                if finish == Finish::Install {
+                    // Staged copies (prefetched, interrupted) are older than the store.
+                    remove_stale_staging(store_dir, None);
+                }
                 return Ok(RestoreOutcome::NotNewer {
                     local_next_offset: local,
                     remote_next_offset: manifest.next_offset,
@@ -323,9 +372,14 @@ pub async fn restore<R: CheckpointRemote>(
                 files_reused,
                 bytes_reused,
             }) => {
-                replace_dir(&staging, store_dir)
-                    .map_err(|e| RemoteError::io(&manifest.checkpoint_id, e))?;
-                remove_stale_staging(store_dir);
+                match finish {
+                    Finish::Install => {
+                        replace_dir(&staging, store_dir)
+                            .map_err(|e| RemoteError::io(&manifest.checkpoint_id, e))?;
+                        remove_stale_staging(store_dir, None);
+                    }
+                    Finish::Stage => remove_stale_staging(store_dir, Some(&staging)),
+                }
                 return Ok(RestoreOutcome::Restored {
                     checkpoint_id: manifest.checkpoint_id.clone(),
                     next_offset: manifest.next_offset,
@@ -581,15 +635,17 @@ fn staging_dir(store_dir: &Path, checkpoint_id: &str) -> PathBuf {
 }
 
 /// Removes staging directories of other checkpoints of this store (interrupted restores
-/// of checkpoints that are not the one restored).
-fn remove_stale_staging(store_dir: &Path) {
+/// of checkpoints that are not the one restored), all but `keep`.
+fn remove_stale_staging(store_dir: &Path, keep: Option<&Path>) {
     let (Some(parent), Some(name)) = (store_dir.parent(), store_dir.file_name()) else {
         return;
     };
     let stem = format!("{}.restore-", name.to_string_lossy());
     if let Ok(entries) = std::fs::read_dir(parent) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&stem) {
+            if entry.file_name().to_string_lossy().starts_with(&stem)
+                && keep != Some(entry.path().as_path())
+            {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
