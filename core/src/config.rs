@@ -63,6 +63,8 @@ pub mod env {
     pub const TRANSACTIONAL_ID_PREFIX: &str = "TRANSACTIONAL_ID_PREFIX";
     pub const CATCH_UP_MAX_MESSAGES: &str = "CATCH_UP_MAX_MESSAGES";
     pub const MAX_EVENT_TIME_SKEW: &str = "MAX_EVENT_TIME_SKEW";
+    pub const KAFKA_GROUP_PROTOCOL: &str = "KAFKA_GROUP_PROTOCOL";
+    pub const PREFETCH_INTERVAL: &str = "PREFETCH_INTERVAL";
 }
 
 /// Accepted forms of a duration, quoted in error messages.

@@ -136,6 +136,24 @@ pub struct Config {
     #[arg(long, env = env::KAFKA_SECRET_PROPERTIES, default_value = "", hide_env_values = true, hide_default_value = true, value_parser = parse_secret_properties)]
     pub kafka_secret_properties: SecretProperties,
 
+    /// The consumer group protocol: `classic` (assignments computed by the group's
+    /// leader, cooperative-sticky) or `consumer` (KIP-848, Kafka 4.0+: the brokers
+    /// assign, and a partition's next owner sees it in its target assignment before the
+    /// old owner gives it up, so it prefetches the partition's checkpoint; see
+    /// PREFETCH_INTERVAL). With `consumer`, the session timeout and heartbeat interval
+    /// are the brokers' (`group.consumer.session.timeout.ms`, 45 s by default), and
+    /// `session.timeout.ms`, `heartbeat.interval.ms` and `partition.assignment.strategy`
+    /// cannot be set in KAFKA_CONSUMER_PROPERTIES.
+    #[arg(long, env = env::KAFKA_GROUP_PROTOCOL, default_value = "classic")]
+    pub kafka_group_protocol: GroupProtocol,
+
+    /// With KAFKA_GROUP_PROTOCOL=consumer and a checkpoint remote: how often this
+    /// member's target assignment is read from the group coordinator, to download the
+    /// checkpoints of partitions about to move here before they are revoked from their
+    /// old owners (0 = no prefetch; the restore at assignment downloads everything).
+    #[arg(long, env = env::PREFETCH_INTERVAL, default_value = "1s", value_parser = parse_duration)]
+    pub prefetch_interval: Duration,
+
     /// At-least-once: how often the offsets of final messages are committed. A crash
     /// republishes at most the originals consumed within this interval plus those in
     /// flight (MAX_IN_FLIGHT_MESSAGES); shorter means more commit requests.
@@ -248,6 +266,23 @@ pub struct Config {
 pub enum OutputGuarantee {
     AtLeastOnce,
     ExactlyOnce,
+}
+
+/// The consumer group protocol (KAFKA_GROUP_PROTOCOL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupProtocol {
+    Classic,
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// librdkafka's `group.protocol` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Consumer => "consumer",
+        }
+    }
 }
 
 /// librdkafka properties given as text.
@@ -383,6 +418,39 @@ impl Config {
         if let Some(error) = &self.kafka_secret_properties.1 {
             return Err(format!("{}: {error}", env::KAFKA_SECRET_PROPERTIES));
         }
+        for (variable, properties) in [
+            (env::KAFKA_PROPERTIES, &self.kafka_properties),
+            (
+                env::KAFKA_CONSUMER_PROPERTIES,
+                &self.kafka_consumer_properties,
+            ),
+        ] {
+            if properties.0.iter().any(|(key, _)| key == "group.protocol") {
+                return Err(format!(
+                    "{variable} sets group.protocol; set {} instead (classic or consumer)",
+                    env::KAFKA_GROUP_PROTOCOL
+                ));
+            }
+        }
+        if self.kafka_group_protocol == GroupProtocol::Consumer {
+            let broker_side = [
+                "session.timeout.ms",
+                "heartbeat.interval.ms",
+                "partition.assignment.strategy",
+            ];
+            if let Some((key, _)) = self
+                .kafka_consumer_properties
+                .0
+                .iter()
+                .find(|(key, _)| broker_side.contains(&key.as_str()))
+            {
+                return Err(format!(
+                    "{} sets {key}, which {}=consumer does not accept: with that protocol the brokers set the session timeout and heartbeat interval (group.consumer.session.timeout.ms, group.consumer.heartbeat.interval.ms) and assign the partitions (group.remote.assignor=uniform or range)",
+                    env::KAFKA_CONSUMER_PROPERTIES,
+                    env::KAFKA_GROUP_PROTOCOL
+                ));
+            }
+        }
         if self.commit_interval.is_zero() {
             return Err(format!(
                 "{} must be above 0 (e.g. 1s, 200ms)",
@@ -511,6 +579,38 @@ mod tests {
             assert!(err.contains(variable), "{args:?}: {err}");
             assert!(err.contains(form), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_group_protocol_is_set_by_its_own_variable_and_refuses_client_side_timeouts() {
+        assert_eq!(
+            parse(&[]).unwrap().kafka_group_protocol,
+            GroupProtocol::Classic
+        );
+        let err = parse(&["--kafka-group-protocol", "new"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("classic") && err.contains("consumer"), "{err}");
+        let config = parse(&["--kafka-consumer-properties", "group.protocol=consumer"]).unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(err.contains("KAFKA_GROUP_PROTOCOL"), "{err}");
+        let config = parse(&[
+            "--kafka-group-protocol",
+            "consumer",
+            "--kafka-consumer-properties",
+            "session.timeout.ms=6000",
+        ])
+        .unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.contains("KAFKA_CONSUMER_PROPERTIES")
+                && err.contains("session.timeout.ms")
+                && err.contains("group.consumer.session.timeout.ms"),
+            "{err}"
+        );
+        let config = parse(&["--kafka-group-protocol", "consumer"]).unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.prefetch_interval, Duration::from_secs(1));
     }
 
     #[test]

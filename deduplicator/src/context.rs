@@ -11,6 +11,7 @@ use dedup_core::http::Health;
 use dedup_core::store::{StoreError, StoreResources};
 
 use crate::config::Config;
+use crate::handoff_prefetch::StagingLocks;
 use crate::message_tracker::MessageTracker;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
@@ -26,6 +27,8 @@ pub struct Context {
     pub remote: Option<Remote>,
     /// Restores partition stores on assignment (with a remote only).
     pub loader: Option<CheckpointLoader>,
+    /// Keeps a partition's prefetch and its restore at assignment apart.
+    pub staging_locks: StagingLocks,
     /// Partitions whose store cannot be opened or written; the process is not healthy
     /// while any is listed.
     failing: Mutex<BTreeSet<i32>>,
@@ -51,6 +54,7 @@ impl Context {
         Self {
             remote,
             loader,
+            staging_locks: StagingLocks::default(),
             tracker: MessageTracker::new(
                 config.max_in_flight_messages as usize,
                 Arc::clone(&metrics),

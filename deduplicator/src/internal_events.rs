@@ -156,6 +156,58 @@ impl InternalEvent for RestoreFinished<'_> {
     }
 }
 
+/// A partition's checkpoint was prefetched before its move here (or the prefetch
+/// failed: the restore at assignment downloads it then).
+pub struct PrefetchFinished<'a> {
+    pub partition: i32,
+    pub outcome: &'a LoadOutcome,
+    pub started: Instant,
+}
+
+impl InternalEvent for PrefetchFinished<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        Metrics::count(&metrics.prefetches, self.outcome.label());
+        let partition = self.partition;
+        match self.outcome {
+            LoadOutcome::Finished(RestoreOutcome::Restored {
+                checkpoint_id,
+                next_offset,
+                bytes,
+                files_resumed,
+                files_reused,
+                bytes_reused,
+                ..
+            }) => {
+                let downloaded = bytes.saturating_sub(*bytes_reused);
+                metrics.prefetch_downloaded_bytes.inc_by(downloaded);
+                tracing::info!(
+                    partition,
+                    checkpoint_id,
+                    ?next_offset,
+                    bytes,
+                    bytes_downloaded = downloaded,
+                    files_resumed,
+                    files_reused,
+                    seconds,
+                    "checkpoint prefetched for a partition about to move here"
+                );
+            }
+            LoadOutcome::Finished(RestoreOutcome::NoCheckpoint) => tracing::info!(
+                partition,
+                "no remote checkpoint to prefetch for a partition about to move here"
+            ),
+            other => tracing::warn!(
+                partition,
+                outcome = other.label(),
+                detail = ?other,
+                seconds,
+                "prefetching a partition's checkpoint failed; its restore at assignment downloads it"
+            ),
+        }
+    }
+}
+
 /// A delivery task panicked (a bug; `dedup_delivery_panics_total`); the message is
 /// published again.
 pub struct DeliveryPanicked<'a> {

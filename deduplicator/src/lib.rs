@@ -13,6 +13,8 @@
 //!   exactly-once transactions.
 //! - [`checkpoint_exporter`]: `CheckpointExporter`, periodic checkpoints and uploads, and
 //!   the final one of a partition given up.
+//! - [`handoff_prefetch`] and [`target_assignment`]: warm handoff, the checkpoints of
+//!   partitions about to move here downloaded before the move (KIP-848 groups).
 //! - [`ownership_record`]: which partitions this pod owns, for its restorer.
 //! - [`message_tracker`]: `MessageTracker`, ackable messages and in-order commits.
 //! - [`publisher`]: output and dead-letter producer.
@@ -24,6 +26,7 @@
 pub mod checkpoint_exporter;
 pub mod config;
 pub mod context;
+pub mod handoff_prefetch;
 pub mod internal_events;
 pub mod kafka_context;
 pub mod message_tracker;
@@ -37,6 +40,7 @@ pub mod publisher;
 pub mod rebalance_handler;
 pub mod routing;
 pub mod stateful_consumer;
+pub mod target_assignment;
 pub mod transactional_publisher;
 
 pub use config::Config;

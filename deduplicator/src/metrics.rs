@@ -87,6 +87,8 @@ pub struct Metrics {
     pub restore_bytes: Counter,
     pub restore_reused_bytes: Counter,
     pub restore_skipped_checkpoints: Counter,
+    pub prefetches: Family<ResultLabels, Counter>,
+    pub prefetch_downloaded_bytes: Counter,
     pub owner_record_writes: Family<ResultLabels, Counter>,
     pub transactions: Family<ResultLabels, Counter>,
     pub transaction_duration: Histogram,
@@ -145,6 +147,8 @@ impl Metrics {
             restore_bytes: Counter::default(),
             restore_reused_bytes: Counter::default(),
             restore_skipped_checkpoints: Counter::default(),
+            prefetches: Family::default(),
+            prefetch_downloaded_bytes: Counter::default(),
             owner_record_writes: Family::default(),
             transactions: Family::default(),
             // 1 ms … ~65 s
@@ -332,6 +336,16 @@ impl Metrics {
             "restore_skipped_checkpoints",
             "Remote checkpoints found corrupt or incomplete while restoring",
             metrics.restore_skipped_checkpoints.clone(),
+        );
+        r.register(
+            "prefetches",
+            "Checkpoints of partitions about to move here downloaded before the move (KAFKA_GROUP_PROTOCOL=consumer), by result (restored, restored_older, no_checkpoint, all_corrupt, remote_failed, timed_out, discarded, describe_failed)",
+            metrics.prefetches.clone(),
+        );
+        r.register(
+            "prefetch_downloaded_bytes",
+            "Bytes downloaded by prefetches (the restore at assignment then downloads only the delta)",
+            metrics.prefetch_downloaded_bytes.clone(),
         );
         r.register(
             "owner_record_writes",

@@ -204,6 +204,9 @@ pub async fn prepare_store(
     };
 
     if let (Some(loader), None) = (&context.loader, &opened) {
+        // A prefetch of this partition (warm handoff) finishes first; its staged files
+        // are then taken instead of downloaded.
+        let _staging = context.staging_locks.lock(partition).await;
         let local = {
             let (dir, settings, resources) = (
                 dir.clone(),

@@ -19,8 +19,9 @@ use rdkafka::{ClientConfig, Message};
 use tokio::runtime::Handle;
 
 use crate::checkpoint_exporter::CheckpointExporter;
-use crate::config::Config;
+use crate::config::{Config, GroupProtocol};
 use crate::context::Context;
+use crate::handoff_prefetch::prefetch_loop;
 use crate::internal_events::{InternalEvent, KafkaCallFailed, KeysEvicted, StoreCallFailed};
 use crate::kafka_context::{DedupConsumer, DedupContext};
 use crate::metrics::{Metrics, PartitionLabels};
@@ -88,7 +89,6 @@ impl StatefulKafkaConsumer {
         client
             .set("group.id", &config.kafka_consumer_group)
             .set("client.id", client_id(config, "consumer"))
-            .set("partition.assignment.strategy", "cooperative-sticky")
             // Offsets are stored by the workers only once a message's outcome is final;
             // librdkafka commits what was stored.
             .set("enable.auto.commit", "true")
@@ -101,6 +101,11 @@ impl StatefulKafkaConsumer {
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "5000");
+        client.set("group.protocol", config.kafka_group_protocol.as_str());
+        if config.kafka_group_protocol == GroupProtocol::Classic {
+            // With `consumer` (KIP-848) the brokers assign, always incrementally.
+            client.set("partition.assignment.strategy", "cooperative-sticky");
+        }
         if let Some(pod) = &config.pod_name {
             client.set("group.instance.id", pod);
         }
@@ -217,6 +222,10 @@ impl StatefulKafkaConsumer {
         let retention = tokio::spawn(retention_loop(Arc::clone(&self.handler)));
         let exporter = tokio::spawn(CheckpointExporter::new(Arc::clone(&self.handler)).run());
         let owner_record = tokio::spawn(owner_record_loop(Arc::clone(&self.handler)));
+        let prefetch = tokio::spawn(prefetch_loop(
+            Arc::clone(&self.handler),
+            Arc::clone(&self.consumer),
+        ));
 
         tokio::pin!(shutdown);
         loop {
@@ -247,6 +256,7 @@ impl StatefulKafkaConsumer {
         retention.abort();
         exporter.abort();
         owner_record.abort();
+        prefetch.abort();
         // An upload in progress is abandoned (never half-published: the manifest comes
         // last); the next owner restores the previous checkpoint and catches up.
         let _ = exporter.await;

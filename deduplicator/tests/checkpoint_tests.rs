@@ -267,6 +267,151 @@ fn a_partition_coming_back_to_its_old_volume_downloads_only_the_delta() {
     verify_no_loss(&all, &published);
 }
 
+/// Warm handoff (KAFKA_GROUP_PROTOCOL=consumer, KIP-848): a member joining sees the
+/// partitions it is about to get in its target assignment while their owner still
+/// consumes them, and downloads their checkpoints then; at assignment, the restore takes
+/// the staged files and downloads only what the old owner's final checkpoint added.
+#[test]
+fn a_member_joining_prefetches_the_checkpoints_of_the_partitions_coming_to_it() {
+    let Some(bed) = TwoPods::new() else { return };
+    let (kafka, input, output, dir) = (&bed.kafka, &bed.input, &bed.output, &bed.dir);
+    let spec = |pod: &str| {
+        bed.pod(pod)
+            .env("KAFKA_GROUP_PROTOCOL", "consumer")
+            .env("PREFETCH_INTERVAL", "200ms")
+            // The broker sets the session timeout and heartbeat interval with this protocol.
+            .env(
+                "KAFKA_CONSUMER_PROPERTIES",
+                "fetch.message.max.bytes=3000000",
+            )
+    };
+    let wait_committed = |d: &mut Dedup, total: usize| {
+        d.wait_until("everything committed", WAIT, |d| {
+            d.metric("dedup_committed_offset") >= total as f64 - 0.5
+                && d.metric("dedup_in_flight_messages") == 0.0
+        });
+    };
+    let first = generate(8_000, 0, PARTITIONS, 51, "w1");
+    let mut a = spec("dedup-a").spawn(dir.path(), "a");
+    produce(kafka, input, &first);
+    wait_committed(&mut a, first.len());
+    let uploads = a.metric("dedup_checkpoint_uploads_total{result=\"success\"}");
+    a.wait_until(
+        "a checkpoint of every partition after the commits",
+        WAIT,
+        |d| {
+            d.metric("dedup_checkpoint_uploads_total{result=\"success\"}")
+                >= uploads + PARTITIONS as f64
+        },
+    );
+
+    // b has its own empty volume: what it gets comes through S3, before or at the move.
+    let joined = Instant::now();
+    let mut b = spec("dedup-b").spawn(dir.path(), "b");
+    b.wait_until("took partitions", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") >= 1.0
+    });
+    let took = joined.elapsed();
+    a.wait_until("gave them up", WAIT, |d| {
+        d.metric("dedup_assigned_partitions") < PARTITIONS as f64
+    });
+    let moved = assigned_in_log(&b.log);
+    b.wait_until("restored what moved", WAIT, |d| {
+        d.metric("dedup_restores_total{result=\"restored") >= moved.len() as f64
+    });
+    let copies = copies_of(&first, "w1-copy");
+    produce(kafka, input, &copies);
+    let total = first.len() + copies.len();
+    let committed = |d: &Dedup| d.metric("dedup_committed_offset");
+    let deadline = Instant::now() + WAIT;
+    while committed(&a) + committed(&b) < total as f64 - 0.5 {
+        assert!(
+            Instant::now() < deadline,
+            "not everything committed\n{}",
+            b.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let log = strip_ansi(&std::fs::read_to_string(&b.log).unwrap_or_default());
+    let line_of = |text: &str| log.lines().position(|l| l.contains(text));
+    let handoff = [
+        "about to move here",
+        "prefetched",
+        "partition assigned",
+        "partition restored",
+    ];
+    for line in log
+        .lines()
+        .filter(|l| handoff.iter().any(|h| l.contains(h)))
+    {
+        eprintln!("b: {line}");
+    }
+    let a_log = strip_ansi(&std::fs::read_to_string(&a.log).unwrap_or_default());
+    for line in a_log
+        .lines()
+        .filter(|l| l.contains("revoked") || l.contains("final checkpoint"))
+    {
+        eprintln!("a: {line}");
+    }
+    let prefetched = b.metric("dedup_prefetches_total{result=\"restored");
+    let prefetch_bytes = b.metric("dedup_prefetch_downloaded_bytes_total");
+    let restored = b.metric("dedup_restore_bytes_total");
+    let reused = b.metric("dedup_restore_reused_bytes_total");
+    eprintln!(
+        "warm handoff: moved {moved:?} after {took:?}; prefetched {prefetched} partitions ({prefetch_bytes} bytes); at assignment {} of {restored} bytes downloaded, {reused} taken from the prefetch",
+        restored - reused
+    );
+    assert!(
+        !moved.is_empty() && moved.len() < PARTITIONS as usize,
+        "the brokers' assignor moved some partitions: {moved:?}\n{}",
+        b.log_tail()
+    );
+    let (Some(coming), Some(assigned)) = (
+        line_of("partitions about to move here"),
+        line_of("partition assigned"),
+    ) else {
+        panic!("b's log has the target and the assignment\n{log}");
+    };
+    assert!(
+        coming < assigned,
+        "b saw the partitions coming before they were assigned\n{log}"
+    );
+    assert_eq!(
+        prefetched,
+        moved.len() as f64,
+        "every partition that moved was prefetched\n{log}"
+    );
+    assert_eq!(
+        b.metric("dedup_restores_total{result=\"restored"),
+        moved.len() as f64
+    );
+    assert!(
+        reused > 0.0 && reused * 2.0 > restored,
+        "the restore at assignment took most of the checkpoint from the prefetch: {reused} of {restored}\n{log}"
+    );
+    assert_eq!(
+        b.metric("dedup_catch_up_messages_total"),
+        0.0,
+        "nothing replayed"
+    );
+    let duplicates = |d: &Dedup| d.metric("dedup_events_total{outcome=\"duplicate\"}");
+    assert!(
+        duplicates(&a) + duplicates(&b) >= copies.len() as f64,
+        "every copy of an earlier event is a duplicate"
+    );
+    assert!(b.terminate().success());
+    assert!(a.terminate().success());
+    let all: Vec<GenEvent> = first.iter().chain(&copies).cloned().collect();
+    let published = kafka.read_all(
+        output,
+        PARTITIONS,
+        unique_keys(&all).len(),
+        Duration::from_secs(2),
+    );
+    verify_no_loss(&all, &published);
+}
+
 /// A `moto_server` of this test's own, so that it can be started late and stopped.
 struct OwnS3 {
     child: Child,

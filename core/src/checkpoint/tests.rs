@@ -558,7 +558,10 @@ mod transfer_tests {
         let (id, files_reused, bytes_reused) = restored(&outcome);
         assert_eq!(id, newer.checkpoint_id);
         assert_eq!((files_reused, bytes_reused), (files.len(), bytes));
-        assert!(!staging.exists(), "the staged copy is removed once restored");
+        assert!(
+            !staging.exists(),
+            "the staged copy is removed once restored"
+        );
         let store = open_store(&target);
         assert_eq!(store.next_offset().unwrap(), Some(20_500));
         for i in (0..20_500).step_by(101) {

@@ -285,7 +285,16 @@ pub async fn restore<R: CheckpointRemote>(
     store_dir: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreOutcome, RemoteError> {
-    fetch(remote, key_prefix, topic, partition, store_dir, options, Finish::Install).await
+    fetch(
+        remote,
+        key_prefix,
+        topic,
+        partition,
+        store_dir,
+        options,
+        Finish::Install,
+    )
+    .await
 }
 
 /// Downloads and verifies the newest usable checkpoint of a partition next to
@@ -303,7 +312,16 @@ pub async fn prefetch<R: CheckpointRemote>(
     store_dir: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreOutcome, RemoteError> {
-    fetch(remote, key_prefix, topic, partition, store_dir, options, Finish::Stage).await
+    fetch(
+        remote,
+        key_prefix,
+        topic,
+        partition,
+        store_dir,
+        options,
+        Finish::Stage,
+    )
+    .await
 }
 
 /// Removes every staged (prefetched or interrupted) checkpoint of the store at
