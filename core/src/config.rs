@@ -67,6 +67,14 @@ pub mod env {
     pub const PREFETCH_INTERVAL: &str = "PREFETCH_INTERVAL";
 }
 
+/// Consumer properties librdkafka refuses with `group.protocol=consumer`
+/// (`KAFKA_GROUP_PROTOCOL=consumer`): the brokers decide them.
+pub const BROKER_SIDE_WITH_CONSUMER_PROTOCOL: [&str; 3] = [
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+];
+
 /// Accepted forms of a duration, quoted in error messages.
 pub const DURATION_FORM: &str =
     "a whole number with a unit: ms, s, m, h or d (e.g. 500ms, 300s, 5m, 24h, 7d), or 0";

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dedup_core::checkpoint::settings::RemoteArgs;
-use dedup_core::config::{env, parse_bytes, parse_duration};
+use dedup_core::config::{env, parse_bytes, parse_duration, BROKER_SIDE_WITH_CONSUMER_PROTOCOL};
 use dedup_core::http::parse_bind_address;
 use dedup_core::store::{StoreResources, StoreSettings};
 use dedup_core::telemetry::LogFormat;
@@ -425,30 +425,21 @@ impl Config {
                 &self.kafka_consumer_properties,
             ),
         ] {
-            if properties.0.iter().any(|(key, _)| key == "group.protocol") {
-                return Err(format!(
-                    "{variable} sets group.protocol; set {} instead (classic or consumer)",
-                    env::KAFKA_GROUP_PROTOCOL
-                ));
-            }
-        }
-        if self.kafka_group_protocol == GroupProtocol::Consumer {
-            let broker_side = [
-                "session.timeout.ms",
-                "heartbeat.interval.ms",
-                "partition.assignment.strategy",
-            ];
-            if let Some((key, _)) = self
-                .kafka_consumer_properties
-                .0
-                .iter()
-                .find(|(key, _)| broker_side.contains(&key.as_str()))
-            {
-                return Err(format!(
-                    "{} sets {key}, which {}=consumer does not accept: with that protocol the brokers set the session timeout and heartbeat interval (group.consumer.session.timeout.ms, group.consumer.heartbeat.interval.ms) and assign the partitions (group.remote.assignor=uniform or range)",
-                    env::KAFKA_CONSUMER_PROPERTIES,
-                    env::KAFKA_GROUP_PROTOCOL
-                ));
+            for (key, _) in &properties.0 {
+                if key == "group.protocol" {
+                    return Err(format!(
+                        "{variable} sets group.protocol; set {} instead (classic or consumer)",
+                        env::KAFKA_GROUP_PROTOCOL
+                    ));
+                }
+                if self.kafka_group_protocol == GroupProtocol::Consumer
+                    && BROKER_SIDE_WITH_CONSUMER_PROTOCOL.contains(&key.as_str())
+                {
+                    return Err(format!(
+                        "{variable} sets {key}, which {}=consumer does not accept: with that protocol the brokers set the session timeout and heartbeat interval (group.consumer.session.timeout.ms, group.consumer.heartbeat.interval.ms) and assign the partitions (group.remote.assignor=uniform or range)",
+                        env::KAFKA_GROUP_PROTOCOL
+                    ));
+                }
             }
         }
         if self.commit_interval.is_zero() {

@@ -168,6 +168,9 @@ pub fn config_data(cluster: &DedupCluster) -> BTreeMap<String, String> {
     if let Some(topic) = &spec.kafka.dead_letter_topic {
         set(env::DEAD_LETTER_TOPIC, topic.clone());
     }
+    if let Some(protocol) = &spec.kafka.group_protocol {
+        set(env::KAFKA_GROUP_PROTOCOL, protocol.clone());
+    }
     if !spec.kafka.properties.is_empty() {
         let properties: Vec<String> = spec
             .kafka

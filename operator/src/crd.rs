@@ -315,6 +315,17 @@ pub struct KafkaSpec {
     #[schemars(length(min = 1))]
     pub consumer_group: Option<String>,
 
+    /// Consumer group protocol: `classic` (default; the group's leader assigns,
+    /// cooperative-sticky) or `consumer` (KIP-848, Kafka 4.0+: the brokers assign, and
+    /// a pod about to get a partition downloads its checkpoint before the old owner
+    /// gives it up, so a move restores only the delta). With `consumer` the brokers'
+    /// `group.consumer.session.timeout.ms` and `group.consumer.heartbeat.interval.ms`
+    /// apply, and `kafka.properties` cannot set `session.timeout.ms`,
+    /// `heartbeat.interval.ms` or `partition.assignment.strategy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^(classic|consumer)$"))]
+    pub group_protocol: Option<String>,
+
     /// Extra librdkafka properties for consumer and producer, e.g.
     /// `security.protocol: SASL_SSL`, `sasl.mechanism: SCRAM-SHA-512`.
     /// Credentials do not belong here: use `credentialsSecret`.
@@ -620,8 +631,28 @@ impl DedupClusterSpec {
                     | "sasl.password"
                     | "sasl.username"
                     | "enable.auto.offset.store"
+                    | "group.protocol"
             ) {
                 return invalid("kafka.properties", format!("`{key}` is set by the operator (use the dedicated field or credentialsSecret)"));
+            }
+        }
+        match self.kafka.group_protocol.as_deref() {
+            None | Some("classic") => {}
+            Some("consumer") => {
+                if let Some(key) = self.kafka.properties.keys().find(|k| {
+                    dedup_core::config::BROKER_SIDE_WITH_CONSUMER_PROTOCOL.contains(&k.as_str())
+                }) {
+                    return invalid(
+                        "kafka.properties",
+                        format!("`{key}` cannot be set with kafka.groupProtocol consumer: the brokers decide it (group.consumer.session.timeout.ms, group.consumer.heartbeat.interval.ms, group.remote.assignor)"),
+                    );
+                }
+            }
+            Some(other) => {
+                return invalid(
+                    "kafka.groupProtocol",
+                    format!("`{other}` is not a group protocol: classic or consumer"),
+                )
             }
         }
         for (field, value) in [

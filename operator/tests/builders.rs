@@ -21,6 +21,10 @@ fn minimal_spec_gets_the_documented_defaults() {
     assert_eq!(data[env::S3_BUCKET], "dedup-checkpoints");
     assert_eq!(data[env::STORE_PATH], "/data/store");
     assert!(!data.contains_key(env::OUTPUT_TOPIC));
+    assert!(
+        !data.contains_key(env::KAFKA_GROUP_PROTOCOL),
+        "the deduplicator's default"
+    );
 
     let sts = builders::stateful_set(&cluster, &owner);
     let spec = sts.spec.unwrap();
@@ -58,6 +62,7 @@ fn full_spec_reaches_every_object() {
     assert_eq!(data[env::OUTPUT_TOPIC], "events_deduplicated");
     assert_eq!(data[env::DEAD_LETTER_TOPIC], "events_dlq");
     assert_eq!(data[env::KAFKA_CONSUMER_GROUP], "dedup-prod");
+    assert_eq!(data[env::KAFKA_GROUP_PROTOCOL], "consumer");
     assert_eq!(
         data[env::KAFKA_PROPERTIES],
         "sasl.mechanism=SCRAM-SHA-512\nsecurity.protocol=SASL_SSL"
@@ -228,6 +233,18 @@ fn invalid_specs_name_the_field() {
         ),
         (
             serde_json::json!({"kafka": {"bootstrapServers": "k:9092", "inputTopic": "a", "properties": {"group.id": "x"}}}),
+            "spec.kafka.properties",
+        ),
+        (
+            serde_json::json!({"kafka": {"bootstrapServers": "k:9092", "inputTopic": "a", "groupProtocol": "new"}}),
+            "spec.kafka.groupProtocol",
+        ),
+        (
+            serde_json::json!({"kafka": {"bootstrapServers": "k:9092", "inputTopic": "a", "properties": {"group.protocol": "consumer"}}}),
+            "spec.kafka.properties",
+        ),
+        (
+            serde_json::json!({"kafka": {"bootstrapServers": "k:9092", "inputTopic": "a", "groupProtocol": "consumer", "properties": {"session.timeout.ms": "6000"}}}),
             "spec.kafka.properties",
         ),
         (
