@@ -72,13 +72,14 @@ impl Sizes {
     }
 }
 
+/// The pods' counters of [`COUNTERS`], summed over every pod seen.
+type Totals = [f64; 4];
+
 /// Where a step began.
 struct Mark {
     name: String,
     from_ms: i64,
-    catch_up: f64,
-    restored_bytes: f64,
-    reused_bytes: f64,
+    totals: Totals,
 }
 
 /// A figure row of one step.
@@ -86,15 +87,18 @@ struct Step {
     name: String,
     from_ms: i64,
     to_ms: i64,
-    catch_up_before: f64,
-    catch_up_after: f64,
-    restored_bytes_before: f64,
-    restored_bytes_after: f64,
-    reused_bytes_before: f64,
-    reused_bytes_after: f64,
+    before: Totals,
+    after: Totals,
     /// Seconds from the action until the pods were ready and the group stable with
     /// every pod holding partitions.
     settled_s: f64,
+}
+
+impl Step {
+    /// How much the counter `COUNTERS[index]` grew during the step.
+    fn grew(&self, index: usize) -> f64 {
+        self.after[index] - self.before[index]
+    }
 }
 
 /// The deduplicators' counters, scraped from every running pod: a pod's counters are
@@ -118,13 +122,16 @@ impl Scraped {
 const CATCH_UP: &str = "dedup_catch_up_messages_total";
 const RESTORE_BYTES: &str = "dedup_restore_bytes_total";
 const REUSED_BYTES: &str = "dedup_restore_reused_bytes_total";
+const PREFETCHED_BYTES: &str = "dedup_prefetch_downloaded_bytes_total";
+/// The counters a step's row shows, in the order of [`Totals`].
+const COUNTERS: [&str; 4] = [CATCH_UP, RESTORE_BYTES, REUSED_BYTES, PREFETCHED_BYTES];
 
 fn scrape_once(agent: &NodeAgent, scraped: &Mutex<Scraped>) {
     for (_, uid, port) in agent.running("http") {
         let Some(body) = http_get(port, "/metrics") else {
             continue;
         };
-        for metric in [CATCH_UP, RESTORE_BYTES, REUSED_BYTES] {
+        for metric in COUNTERS {
             let value: f64 = body
                 .lines()
                 .filter(|l| l.starts_with(metric))
@@ -182,14 +189,14 @@ struct Scenario {
     sizes: Sizes,
     scraped: Arc<Mutex<Scraped>>,
     steps: Vec<Step>,
+    /// `kafka.groupProtocol` is `consumer` (KIP-848).
+    consumer_protocol: bool,
 }
 
 impl Scenario {
-    async fn start(test: &str, guarantee: &str) -> Option<Self> {
-        Self::start_with(test, guarantee, json!({})).await
-    }
-
-    /// [`Scenario::start`] with `overrides` set over the cluster's spec (top-level keys).
+    /// Starts the scenario's cluster (3 replicas, checkpoints every 10 s), with
+    /// `overrides` merged into its spec (a JSON merge patch: objects merge, `null`
+    /// removes).
     async fn start_with(test: &str, guarantee: &str, overrides: serde_json::Value) -> Option<Self> {
         let client = cluster().await?;
         let bootstrap = stream::broker()?;
@@ -253,11 +260,7 @@ impl Scenario {
             },
         });
         let mut cluster = cluster;
-        if let Some(overrides) = overrides.as_object() {
-            for (key, value) in overrides {
-                cluster["spec"][key] = value.clone();
-            }
-        }
+        merge_patch(&mut cluster["spec"], &overrides);
         kubectl_in(&["apply", "-f", "-"], Some(&cluster.to_string()));
         let scraped = Arc::new(Mutex::new(Scraped::default()));
         Some(Self {
@@ -274,6 +277,7 @@ impl Scenario {
             sizes: Sizes::get(),
             scraped,
             steps: Vec::new(),
+            consumer_protocol: cluster["spec"]["kafka"]["groupProtocol"] == "consumer",
         })
     }
 
@@ -300,7 +304,11 @@ impl Scenario {
                         && rolled;
                     let running = self.agent.running("http").len();
                     // The group has settled too: every pod holds partitions.
-                    let group = if done && running == replicas as usize {
+                    let group = if done && running == replicas as usize && self.consumer_protocol {
+                        // The classic DescribeGroups does not show a KIP-848 group's
+                        // members: the pods say what they hold.
+                        self.pods_holding()
+                    } else if done && running == replicas as usize {
                         let (bootstrap, name) = (self.bootstrap.clone(), self.group.clone());
                         tokio::task::spawn_blocking(move || stream::group_state(&bootstrap, &name))
                             .await
@@ -324,6 +332,29 @@ impl Scenario {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// ("Stable", pods holding partitions) when the running pods hold every partition
+    /// between them, each at least one, as their metrics say.
+    fn pods_holding(&self) -> Option<(String, usize)> {
+        let mut holding = 0;
+        let mut total = 0.0;
+        for (_, _, port) in self.agent.running("http") {
+            let body = http_get(port, "/metrics")?;
+            let assigned: f64 = body
+                .lines()
+                .filter(|l| l.starts_with("dedup_assigned_partitions"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            holding += usize::from(assigned >= 1.0);
+            total += assigned;
+        }
+        let state = if total == f64::from(PARTITIONS) {
+            "Stable"
+        } else {
+            "Reconciling"
+        };
+        Some((state.to_string(), holding))
     }
 
     /// The StatefulSet's update revision.
@@ -350,13 +381,10 @@ impl Scenario {
     fn begin(&self, name: &str) -> Mark {
         eprintln!("e2e: step {name}");
         self.scrape();
-        let (catch_up, restored_bytes, reused_bytes) = self.totals();
         Mark {
             name: name.into(),
             from_ms: stream::now_ms(),
-            catch_up,
-            restored_bytes,
-            reused_bytes,
+            totals: self.totals(),
         }
     }
 
@@ -367,29 +395,21 @@ impl Scenario {
         self.settled(replicas).await;
         let settled_s = (stream::now_ms() - mark.from_ms) as f64 / 1000.0;
         self.dwell().await;
-        let (catch_up_after, restored_bytes_after, reused_bytes_after) = self.totals();
         self.steps.push(Step {
             name: mark.name,
             from_ms: mark.from_ms,
             to_ms: stream::now_ms(),
-            catch_up_before: mark.catch_up,
-            catch_up_after,
-            restored_bytes_before: mark.restored_bytes,
-            restored_bytes_after,
-            reused_bytes_before: mark.reused_bytes,
-            reused_bytes_after,
+            before: mark.totals,
+            after: self.totals(),
             settled_s,
         });
     }
 
-    /// Catch-up messages, bytes restored and, of those, bytes reused from the volume.
-    fn totals(&self) -> (f64, f64, f64) {
+    /// Catch-up messages, bytes restored, of those bytes reused from the volume, and
+    /// bytes prefetched before a move.
+    fn totals(&self) -> Totals {
         let scraped = self.scraped.lock().unwrap();
-        (
-            scraped.total(CATCH_UP),
-            scraped.total(RESTORE_BYTES),
-            scraped.total(REUSED_BYTES),
-        )
+        COUNTERS.map(|counter| scraped.total(counter))
     }
 
     fn scale(&self, replicas: i32) {
@@ -521,7 +541,7 @@ impl Scenario {
     /// The figures table of the steps.
     fn table(&self, output: &[stream::Published]) -> String {
         let mut table = String::from(
-            "| step | settled after (s) | handoff gap (s, longest partition) | median partition gap (s) | catch-up replayed | bytes restored (restorer + in process) | of which reused from the volume | restorer seconds | republished originals |\n|---|---|---|---|---|---|---|---|---|\n",
+            "| step | settled after (s) | handoff gap (s, longest partition) | median partition gap (s) | catch-up replayed | bytes restored (restorer + in process) | of which reused from the volume | prefetched before the move | restorer seconds | republished originals |\n|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for step in &self.steps {
             let (gap, partition) =
@@ -535,12 +555,13 @@ impl Scenario {
             let (restorer_bytes, restorer_reused, restorer_seconds) =
                 self.restorer_figures(step.from_ms, step.to_ms);
             table.push_str(&format!(
-                "| {} | {:.1} | {gap:.1} (p{partition}) | {median:.1} | {} | {} | {} | {restorer_seconds:.1} | {} |\n",
+                "| {} | {:.1} | {gap:.1} (p{partition}) | {median:.1} | {} | {} | {} | {} | {restorer_seconds:.1} | {} |\n",
                 step.name,
                 step.settled_s,
-                step.catch_up_after - step.catch_up_before,
-                restorer_bytes + step.restored_bytes_after - step.restored_bytes_before,
-                restorer_reused + step.reused_bytes_after - step.reused_bytes_before,
+                step.grew(0),
+                restorer_bytes + step.grew(1),
+                restorer_reused + step.grew(2),
+                step.grew(3),
                 stream::republished_between(output, step.from_ms, step.to_ms),
             ));
         }
@@ -649,6 +670,27 @@ impl Scenario {
     }
 }
 
+/// Applies a JSON merge patch (RFC 7386): objects merge key by key, `null` removes a
+/// key, anything else replaces.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (key, value) in fields {
+        if value.is_null() {
+            if let Some(object) = target.as_object_mut() {
+                object.remove(key);
+            }
+        } else {
+            merge_patch(&mut target[key], value);
+        }
+    }
+}
+
 /// How many objects the bucket holds under `prefix`.
 fn s3_keys(bucket: &str, prefix: &str) -> usize {
     let (status, body) = s3_request(
@@ -709,8 +751,13 @@ enum Steps {
 /// Streams, takes the steps, checks the output and prints the figures; returns the
 /// verdict and the scenario (for what the caller checks after).
 /// (The caller holds [`ONE_AT_A_TIME`] until its scenario is torn down.)
-async fn run(test: &str, guarantee: &str, steps: Steps) -> Option<(stream::Verdict, Scenario)> {
-    let mut scenario = Scenario::start(test, guarantee).await?;
+async fn run(
+    test: &str,
+    guarantee: &str,
+    steps: Steps,
+    spec: serde_json::Value,
+) -> Option<(stream::Verdict, Scenario)> {
+    let mut scenario = Scenario::start_with(test, guarantee, spec).await?;
     let stream = Stream::start(
         &scenario.bootstrap,
         &scenario.input,
@@ -806,7 +853,7 @@ async fn run(test: &str, guarantee: &str, steps: Steps) -> Option<(stream::Verdi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_rescheduling_rolling_and_a_crash_under_load_lose_nothing_and_pass_no_copy() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let Some((verdict, scenario)) = run("e2e", "at-least-once", Steps::All).await else {
+    let Some((verdict, scenario)) = run("e2e", "at-least-once", Steps::All, json!({})).await else {
         return;
     };
     let bound = republish_bound(scenario.steps.len(), scenario.sizes.rate);
@@ -822,12 +869,46 @@ async fn scaling_rescheduling_rolling_and_a_crash_under_load_lose_nothing_and_pa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_scaling_shows_a_read_committed_reader_each_unique_event_once() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let Some((verdict, scenario)) = run("e2e-eos", "exactly-once", Steps::Scale).await else {
+    let Some((verdict, scenario)) = run("e2e-eos", "exactly-once", Steps::Scale, json!({})).await
+    else {
         return;
     };
     assert_eq!(
         verdict.republished, 0,
         "an original seen twice by read_committed: {verdict:?}"
+    );
+    scenario.teardown().await;
+}
+
+/// Warm handoff with the brokers assigning (`kafka.groupProtocol: consumer`, KIP-848):
+/// the scale steps under load, where a pod about to get a partition downloads its
+/// checkpoint while the old owner still holds it and restores only the delta at the
+/// move. Nothing is lost, no copy passes, and the departed pods of the scale-down leave
+/// the group at once (the operator's LeaveGroup by instance id removes KIP-848 static
+/// members too; the brokers' session timeout is 45 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_brokers_assigning_pods_prefetch_what_moves_to_them_and_lose_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // The brokers set the session timeout with this protocol: no session.timeout.ms.
+    let spec = json!({"kafka": {"groupProtocol": "consumer", "properties": null}});
+    let Some((verdict, scenario)) = run("e2e-kip848", "at-least-once", Steps::Scale, spec).await
+    else {
+        return;
+    };
+    let scale_up = &scenario.steps[0];
+    assert!(
+        scale_up.grew(3) > 0.0,
+        "the pods that joined prefetched the checkpoints of partitions moving to them"
+    );
+    assert!(
+        scale_up.grew(2) > 0.0,
+        "their restores at the move took the prefetched files"
+    );
+    let bound = republish_bound(scenario.steps.len(), scenario.sizes.rate);
+    assert!(
+        verdict.republished <= bound,
+        "{} republished originals, more than the bound {bound}: {verdict:?}",
+        verdict.republished
     );
     scenario.teardown().await;
 }
