@@ -419,13 +419,17 @@ impl Config {
             return Err(format!("{}: {error}", env::KAFKA_SECRET_PROPERTIES));
         }
         for (variable, properties) in [
-            (env::KAFKA_PROPERTIES, &self.kafka_properties),
+            (env::KAFKA_PROPERTIES, &self.kafka_properties.0),
             (
                 env::KAFKA_CONSUMER_PROPERTIES,
-                &self.kafka_consumer_properties,
+                &self.kafka_consumer_properties.0,
+            ),
+            (
+                env::KAFKA_SECRET_PROPERTIES,
+                &self.kafka_secret_properties.0,
             ),
         ] {
-            for (key, _) in &properties.0 {
+            for (key, _) in properties {
                 if key == "group.protocol" {
                     return Err(format!(
                         "{variable} sets group.protocol; set {} instead (classic or consumer)",

@@ -13,14 +13,18 @@
 //! downloads only what the final checkpoint added.
 //!
 //! A prefetch and the restore of the same partition never run at once: both hold the
-//! partition's [`StagingLocks`] entry, so a restore that starts while its partition is
-//! being prefetched waits for the download it would otherwise repeat. Staged copies of
-//! partitions that leave the target without arriving are removed. With the classic
-//! protocol the target is computed inside the group leader and reaches the new owner
-//! only with the assignment, so there is nothing to prefetch from.
+//! partition's [`StagingLocks`] entry. A restore that starts while its partition is
+//! being prefetched cancels the prefetch, which ends once the files under way are
+//! verified (no other starts), and then takes what it staged. Staged copies of
+//! partitions that leave the target without arriving are removed, and at start-up those
+//! an earlier run left unless their partition is coming. A prefetch that fails is not
+//! tried again for that move: the restore at assignment downloads the checkpoint, as it
+//! would without a prefetch. With the classic protocol the target is computed inside the
+//! group leader and reaches the new owner only with the assignment, so there is nothing
+//! to prefetch from.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,7 +32,7 @@ use dedup_core::checkpoint::loader::CheckpointLoader;
 use dedup_core::checkpoint::transfer;
 use dedup_core::store::PartitionStore;
 use tokio::sync::{OwnedMutexGuard, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::config::GroupProtocol;
 use crate::internal_events::{InternalEvent, PrefetchFinished};
@@ -37,33 +41,58 @@ use crate::metrics::Metrics;
 use crate::rebalance_handler::RebalanceHandler;
 use crate::target_assignment::{target_partitions, TargetError};
 
-/// Bound of one read of the target assignment.
-const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of one read of the target assignment (a read under way at shutdown holds the
+/// consumer until it ends).
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Partitions prefetched at once (each downloads CHECKPOINT_TRANSFER_CONCURRENCY files
 /// at once).
 const PREFETCH_CONCURRENCY: usize = 2;
 
-/// One lock per partition over its staging directories: held by a prefetch and by the
-/// restore at assignment, so they never write the same files at once.
+/// One lock per partition over its staging directories, held by a prefetch and by the
+/// restore at assignment so they never write the same files at once, and the
+/// cancellation flag of the partition's running prefetch.
 #[derive(Default)]
-pub struct StagingLocks(Mutex<HashMap<i32, Arc<tokio::sync::Mutex<()>>>>);
+pub struct StagingLocks(Mutex<HashMap<i32, Slot>>);
+
+#[derive(Default)]
+struct Slot {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    prefetch: Arc<AtomicBool>,
+}
 
 impl StagingLocks {
     /// Waits until no prefetch or restore of `partition` runs, and holds it off.
     pub async fn lock(&self, partition: i32) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(locks.entry(partition).or_default())
-        };
+        let lock = Arc::clone(&self.slots().entry(partition).or_default().lock);
         lock.lock_owned().await
+    }
+
+    /// For the restore at assignment: cancels the partition's running prefetch (it ends
+    /// once the files under way are verified), then holds off the next.
+    pub async fn overtake(&self, partition: i32) -> OwnedMutexGuard<()> {
+        if let Some(slot) = self.slots().get(&partition) {
+            slot.prefetch.store(true, Ordering::SeqCst);
+        }
+        self.lock(partition).await
+    }
+
+    /// A new prefetch's cancellation flag (the caller holds the partition's lock).
+    fn new_prefetch(&self, partition: i32) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.slots().entry(partition).or_default().prefetch = Arc::clone(&flag);
+        flag
+    }
+
+    fn slots(&self) -> MutexGuard<'_, HashMap<i32, Slot>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Partitions whose prefetch ended (staged, or nothing to stage), not yet assigned.
-type Tried = Arc<Mutex<BTreeSet<i32>>>;
+/// A set of partitions shared with the prefetch tasks.
+type Shared = Arc<Mutex<BTreeSet<i32>>>;
 
-fn locked(set: &Tried) -> MutexGuard<'_, BTreeSet<i32>> {
+fn locked(set: &Shared) -> MutexGuard<'_, BTreeSet<i32>> {
     set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -81,16 +110,22 @@ pub async fn prefetch_loop(handler: Arc<RebalanceHandler>, consumer: Arc<DedupCo
     }
     let topic = config.kafka_consumer_topic.clone();
     let group = config.kafka_consumer_group.clone();
+    // Partitions whose prefetch ended (staged, nothing to stage, failed), not arrived.
     // Copies staged by an earlier run are removed unless their partition is coming.
-    let tried: Tried = Arc::new(Mutex::new(staged_on_volume(&config.store_path, &topic)));
+    let staged = transfer::staged_partitions(&config.store_path, &topic);
+    let tried: Shared = Arc::new(Mutex::new(staged.into_iter().collect()));
+    // Partitions in the target that this member does not own.
+    let coming: Shared = Arc::default();
     let permits = Arc::new(Semaphore::new(PREFETCH_CONCURRENCY));
-    let mut running: HashMap<i32, JoinHandle<()>> = HashMap::new();
-    let mut coming = BTreeSet::new();
+    // Aborted with this task (at shutdown).
+    let mut tasks = JoinSet::new();
+    let mut running: HashMap<i32, AbortHandle> = HashMap::new();
     let mut failures = 0u32;
     let mut ticker = tokio::time::interval(config.prefetch_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        while tasks.try_join_next().is_some() {}
         running.retain(|_, task| !task.is_finished());
         let target = {
             let (consumer, group, topic) = (Arc::clone(&consumer), group.clone(), topic.clone());
@@ -104,7 +139,11 @@ pub async fn prefetch_loop(handler: Arc<RebalanceHandler>, consumer: Arc<DedupCo
                 failures = 0;
                 target
             }
-            Ok(Err(TargetError::NotJoined)) | Err(_) => continue,
+            Ok(Err(TargetError::NotJoined)) => continue,
+            Err(error) => {
+                tracing::error!(%error, "reading the target assignment panicked (a bug)");
+                continue;
+            }
             Ok(Err(error)) => {
                 failures += 1;
                 Metrics::count(&context.metrics.prefetches, "describe_failed");
@@ -117,11 +156,11 @@ pub async fn prefetch_loop(handler: Arc<RebalanceHandler>, consumer: Arc<DedupCo
         };
         let owned: BTreeSet<i32> = handler.owned().into_iter().collect();
         let now_coming: BTreeSet<i32> = target.difference(&owned).copied().collect();
-        if now_coming != coming {
+        if now_coming != *locked(&coming) {
             if !now_coming.is_empty() {
                 tracing::info!(partitions = ?now_coming, "partitions about to move here; prefetching their checkpoints");
             }
-            coming = now_coming;
+            *locked(&coming) = now_coming.clone();
         }
         // Arrived partitions: their restore took (or removed) the staged copy.
         locked(&tried).retain(|p| !owned.contains(p));
@@ -134,7 +173,7 @@ pub async fn prefetch_loop(handler: Arc<RebalanceHandler>, consumer: Arc<DedupCo
             discard(&handler, &topic, partition).await;
             locked(&tried).remove(&partition);
         }
-        for &partition in &coming {
+        for partition in now_coming {
             if running.contains_key(&partition) || locked(&tried).contains(&partition) {
                 continue;
             }
@@ -142,11 +181,11 @@ pub async fn prefetch_loop(handler: Arc<RebalanceHandler>, consumer: Arc<DedupCo
                 Arc::clone(&handler),
                 loader.clone(),
                 Arc::clone(&permits),
-                Arc::clone(&tried),
+                [Arc::clone(&tried), Arc::clone(&coming)],
                 topic.clone(),
                 partition,
             );
-            running.insert(partition, tokio::spawn(task));
+            running.insert(partition, tasks.spawn(task));
         }
     }
 }
@@ -155,7 +194,7 @@ async fn prefetch_one(
     handler: Arc<RebalanceHandler>,
     loader: CheckpointLoader,
     permits: Arc<Semaphore>,
-    tried: Tried,
+    [tried, coming]: [Shared; 2],
     topic: String,
     partition: i32,
 ) {
@@ -164,12 +203,13 @@ async fn prefetch_one(
     };
     let context = &handler.context;
     let _staging = context.staging_locks.lock(partition).await;
-    if handler.owned().contains(&partition) {
-        return; // arrived meanwhile: its restore has run
+    if handler.owned().contains(&partition) || !locked(&coming).contains(&partition) {
+        return; // arrived meanwhile (its restore has run), or no longer coming
     }
+    let cancel = context.staging_locks.new_prefetch(partition);
     let dir = PartitionStore::dir_for(&context.config.store_path, &topic, partition);
     let started = Instant::now();
-    let outcome = loader.prefetch(&topic, partition, &dir).await;
+    let outcome = loader.prefetch(&topic, partition, &dir, cancel).await;
     PrefetchFinished {
         partition,
         outcome: &outcome,
@@ -193,45 +233,4 @@ async fn discard(handler: &Arc<RebalanceHandler>, topic: &str, partition: i32) {
         partition,
         "a prefetched partition is no longer coming here; its staged checkpoint is removed"
     );
-}
-
-/// Partitions of `topic` with staged checkpoints under `store_path`
-/// (`{topic}_{partition}.restore-{checkpoint}`).
-fn staged_on_volume(store_path: &Path, topic: &str) -> BTreeSet<i32> {
-    let stem = format!("{topic}_");
-    let Ok(entries) = std::fs::read_dir(store_path) else {
-        return BTreeSet::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let (store, _) = name.strip_prefix(&stem)?.split_once(".restore-")?;
-            store.parse::<i32>().ok()
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn staged_copies_are_found_by_their_partition() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in [
-            "events_3.restore-0001-aa",
-            "events_3",
-            "events_12.restore-0002-bb",
-            "other_5.restore-0001-aa",
-            "events_x.restore-1",
-        ] {
-            std::fs::create_dir(dir.path().join(name)).unwrap();
-        }
-        assert_eq!(
-            staged_on_volume(dir.path(), "events"),
-            BTreeSet::from([3, 12])
-        );
-        assert!(staged_on_volume(&dir.path().join("missing"), "events").is_empty());
-    }
 }

@@ -197,6 +197,11 @@ impl InternalEvent for PrefetchFinished<'_> {
                 partition,
                 "no remote checkpoint to prefetch for a partition about to move here"
             ),
+            LoadOutcome::Cancelled => tracing::info!(
+                partition,
+                seconds,
+                "prefetch overtaken by the partition's arrival; its restore takes what was staged"
+            ),
             other => tracing::warn!(
                 partition,
                 outcome = other.label(),

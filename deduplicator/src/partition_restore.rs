@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dedup_core::checkpoint::loader::{local_next_offset, LoadOutcome};
+use dedup_core::checkpoint::transfer::RestoreOutcome;
 use dedup_core::store::PartitionStore;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -204,9 +205,10 @@ pub async fn prepare_store(
     };
 
     if let (Some(loader), None) = (&context.loader, &opened) {
-        // A prefetch of this partition (warm handoff) finishes first; its staged files
-        // are then taken instead of downloaded.
-        let _staging = context.staging_locks.lock(partition).await;
+        // A prefetch of this partition under way (warm handoff) is cancelled and ends
+        // once its files under way are verified; what it staged is then taken instead
+        // of downloaded.
+        let _staging = context.staging_locks.overtake(partition).await;
         let local = {
             let (dir, settings, resources) = (
                 dir.clone(),
@@ -226,6 +228,17 @@ pub async fn prepare_store(
         };
         let outcome = loader.load(topic, partition, &dir, local).await;
         report(context, partition, local, &outcome, started);
+        if !matches!(
+            outcome,
+            LoadOutcome::Finished(
+                RestoreOutcome::Restored { .. } | RestoreOutcome::NotNewer { .. }
+            )
+        ) {
+            // Those two remove staged copies themselves; after the others a prefetched
+            // or interrupted copy would stay on the volume until the next move.
+            let dir = dir.clone();
+            blocking(move || dedup_core::checkpoint::transfer::discard_staged(&dir)).await;
+        }
     }
 
     let opened = match opened {

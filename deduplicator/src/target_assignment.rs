@@ -29,14 +29,14 @@ use crate::kafka_context::DedupConsumer;
 /// Why the target assignment could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("the consumer has not joined its group yet (no member id)")]
+    /// Not (yet) a member the coordinator lists: before the first heartbeat, while
+    /// rejoining, or while the group does not exist yet.
+    #[error("this member is not in the group's description yet")]
     NotJoined,
     #[error("no answer from the group coordinator within {0:?}")]
     TimedOut(Duration),
     #[error("describing the consumer group failed: {0}")]
     Describe(String),
-    #[error("the group's description does not list this member ({0}); it may be rejoining")]
-    MemberMissing(String),
     #[error("the group uses the classic protocol: it has no target assignment (KAFKA_GROUP_PROTOCOL=consumer needs Kafka 4.0+)")]
     Classic,
 }
@@ -118,7 +118,15 @@ pub fn target_partitions(
         if rd::rd_kafka_ConsumerGroupDescription_type(description)
             != rd::rd_kafka_consumer_group_type_t::RD_KAFKA_CONSUMER_GROUP_TYPE_CONSUMER
         {
-            return Err(TargetError::Classic);
+            // A group the coordinator does not know yet is described by the classic
+            // call's fallback, as dead or empty: this member has not joined yet.
+            use rd::rd_kafka_consumer_group_state_t as State;
+            return match rd::rd_kafka_ConsumerGroupDescription_state(description) {
+                State::RD_KAFKA_CONSUMER_GROUP_STATE_DEAD
+                | State::RD_KAFKA_CONSUMER_GROUP_STATE_EMPTY
+                | State::RD_KAFKA_CONSUMER_GROUP_STATE_UNKNOWN => Err(TargetError::NotJoined),
+                _ => Err(TargetError::Classic),
+            };
         }
         for index in 0..rd::rd_kafka_ConsumerGroupDescription_member_count(description) {
             let m = rd::rd_kafka_ConsumerGroupDescription_member(description, index);
@@ -134,11 +142,12 @@ pub fn target_partitions(
                 topic,
             ));
         }
-        Err(TargetError::MemberMissing(member))
+        Err(TargetError::NotJoined)
     }
 }
 
-/// The client's current member id, `None` before it has joined.
+/// The client's member id (with the consumer protocol, librdkafka makes one up before
+/// the first heartbeat), `None` if it has none.
 fn member_id(rk: *mut rd::rd_kafka_t) -> Option<String> {
     // SAFETY: `rk` is a live client; the returned string is librdkafka's allocation,
     // copied and then freed with its allocator.

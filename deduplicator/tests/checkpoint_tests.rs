@@ -395,6 +395,24 @@ fn a_member_joining_prefetches_the_checkpoints_of_the_partitions_coming_to_it() 
         0.0,
         "nothing replayed"
     );
+    assert_eq!(
+        b.metric("dedup_prefetches_total{result=\"describe_failed"),
+        0.0,
+        "the target was read without errors, joining included\n{log}"
+    );
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("dedup-b"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.contains(".restore-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "the staged copies were installed or removed: {left:?}"
+    );
     let duplicates = |d: &Dedup| d.metric("dedup_events_total{outcome=\"duplicate\"}");
     assert!(
         duplicates(&a) + duplicates(&b) >= copies.len() as f64,

@@ -4,6 +4,7 @@
 //! atomic, falling back to older checkpoints) is [`super::transfer::restore`].
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,8 @@ pub enum LoadOutcome {
     Failed { attempts: u32, error: String },
     /// The time bound passed first.
     TimedOut { after: Duration },
+    /// Stopped on request (a prefetch overtaken by its partition's restore).
+    Cancelled,
 }
 
 impl LoadOutcome {
@@ -54,6 +57,7 @@ impl LoadOutcome {
             Self::Finished(RestoreOutcome::AllCorrupt { .. }) => "all_corrupt",
             Self::Failed { .. } => "remote_failed",
             Self::TimedOut { .. } => "timed_out",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -175,6 +179,7 @@ impl RestoreEnded<'_> {
                 "restore timed out (RESTORE_TIMEOUT)",
                 &format!("after {after:?}"),
             ),
+            LoadOutcome::Cancelled => tracing::info!(partition, "restore cancelled"),
         }
     }
 }
@@ -191,15 +196,24 @@ impl CheckpointLoader {
         store_dir: &Path,
         local_next_offset: Option<i64>,
     ) -> LoadOutcome {
-        self.run(topic, partition, store_dir, local_next_offset, false)
+        self.run(topic, partition, store_dir, local_next_offset, None)
             .await
     }
 
     /// Downloads the partition's newest usable checkpoint next to `store_dir` without
     /// installing it ([`transfer::prefetch`]), with the same retries and time bound as
     /// [`Self::load`]: a later `load` then downloads only what changed since.
-    pub async fn prefetch(&self, topic: &str, partition: i32, store_dir: &Path) -> LoadOutcome {
-        self.run(topic, partition, store_dir, None, true).await
+    /// Setting `cancel` stops it: the files under way finish, no other starts, and the
+    /// outcome is [`LoadOutcome::Cancelled`].
+    pub async fn prefetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        store_dir: &Path,
+        cancel: Arc<AtomicBool>,
+    ) -> LoadOutcome {
+        self.run(topic, partition, store_dir, None, Some(cancel))
+            .await
     }
 
     async fn run(
@@ -208,8 +222,9 @@ impl CheckpointLoader {
         partition: i32,
         store_dir: &Path,
         local_next_offset: Option<i64>,
-        stage_only: bool,
+        prefetch: Option<Arc<AtomicBool>>,
     ) -> LoadOutcome {
+        let stage_only = prefetch.is_some();
         let started = Instant::now();
         let options = RestoreOptions {
             concurrency: self.concurrency.max(1),
@@ -220,6 +235,7 @@ impl CheckpointLoader {
                 .iter()
                 .map(|root| PartitionStore::dir_for(root, topic, partition))
                 .collect(),
+            cancel: prefetch,
         };
         let attempts = async {
             let mut backoff = Duration::from_millis(500);
@@ -231,6 +247,7 @@ impl CheckpointLoader {
                     .await
                 {
                     Ok(outcome) => return LoadOutcome::Finished(outcome),
+                    Err(RemoteError::Cancelled) => return LoadOutcome::Cancelled,
                     Err(error) if attempt >= self.max_attempts.max(1) => {
                         return LoadOutcome::Failed {
                             attempts: attempt,
@@ -240,7 +257,15 @@ impl CheckpointLoader {
                     Err(error) => {
                         tracing::warn!(topic, partition, attempt, %error, ?backoff,
                             "restore attempt failed; retrying (verified files are kept)");
-                        tokio::time::sleep(backoff).await;
+                        // In steps, so that a cancelled prefetch ends within one.
+                        let until = Instant::now() + backoff;
+                        while Instant::now() < until {
+                            if options.cancelled() {
+                                return LoadOutcome::Cancelled;
+                            }
+                            let left = until.saturating_duration_since(Instant::now());
+                            tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+                        }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 }

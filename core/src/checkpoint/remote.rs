@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 pub enum RemoteError {
     #[error("remote I/O on {key}: {message}")]
     Io { key: String, message: String },
+    /// The transfer was stopped on request ([`super::transfer::RestoreOptions::cancel`]).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl RemoteError {

@@ -577,6 +577,73 @@ mod transfer_tests {
         assert!(!staged.exists() && target.is_dir(), "the store is kept");
     }
 
+    /// A prefetch its partition's restore overtakes is cancelled: no file starts after
+    /// the flag is set, it ends `Cancelled` (the loader does not retry it), what it
+    /// verified stays staged, and the restore then completes from there.
+    #[tokio::test]
+    async fn a_cancelled_prefetch_stops_between_files_and_the_restore_takes_what_it_staged() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut f = Fixture::new();
+        f.write(20_000);
+        let (manifest, _) = f.checkpoint_and_upload(UploadKind::Full).await;
+        assert!(manifest.files.len() >= 4, "{} files", manifest.files.len());
+        let target = f.dir.path().join("moved/events_0");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        use std::sync::Arc;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cancel);
+        let options = RestoreOptions {
+            concurrency: 1,
+            // Cancelled as soon as the first file is verified.
+            progress: Some(Arc::new(move |_: &transfer::Progress| {
+                flag.store(true, Ordering::SeqCst)
+            })),
+            cancel: Some(Arc::clone(&cancel)),
+            ..Default::default()
+        };
+        let error = transfer::prefetch(&f.remote, PREFIX, "events", 0, &target, &options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, crate::checkpoint::remote::RemoteError::Cancelled),
+            "{error}"
+        );
+        let staging = target.with_file_name(format!("events_0.restore-{}", manifest.checkpoint_id));
+        let staged = std::fs::read_dir(&staging).unwrap().count();
+        assert_eq!(staged, 1, "one file at a time: only the first was fetched");
+        assert_eq!(
+            transfer::staged_partitions(target.parent().unwrap(), "events"),
+            std::collections::HashSet::from([0])
+        );
+
+        let (outcome, _) = f.restore("moved").await;
+        match outcome {
+            RestoreOutcome::Restored { files_resumed, .. } => assert_eq!(files_resumed, 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(transfer::staged_partitions(target.parent().unwrap(), "events").is_empty());
+
+        // Through the loader: cancelled before it starts, no attempt is retried.
+        let loader = crate::checkpoint::loader::CheckpointLoader {
+            remote: crate::checkpoint::remote::Remote::Dir(f.remote.clone()),
+            key_prefix: PREFIX.into(),
+            concurrency: 2,
+            max_attempts: 3,
+            time_bound: std::time::Duration::from_secs(30),
+            progress: None,
+            local_checkpoints: None,
+        };
+        let outcome = loader
+            .prefetch(
+                "events",
+                0,
+                &f.dir.path().join("other/events_0"),
+                Arc::new(AtomicBool::new(true)),
+            )
+            .await;
+        assert_eq!(outcome, crate::checkpoint::loader::LoadOutcome::Cancelled);
+    }
+
     /// The partition's local checkpoints (`LOCAL_CHECKPOINT_DIR`) lend their table files
     /// to a restore into an empty store directory.
     #[tokio::test]

@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::manifest::{
     file_checksum, manifest_key, partition_prefix, CheckpointManifest, ManifestFile, UploadKind,
@@ -233,6 +235,19 @@ pub struct RestoreOptions {
     /// stand in for a checkpoint's, besides the store directory itself and interrupted
     /// restores of it: e.g. the partition's local checkpoints. See [`restore`].
     pub reuse_from: Vec<PathBuf>,
+    /// Set to stop: no file is started after it is set, the files under way finish,
+    /// and the restore ends with [`RemoteError::Cancelled`] (what is verified stays in
+    /// the staging directory). For a prefetch that its partition's restore overtakes.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl RestoreOptions {
+    /// Whether [`Self::cancel`] is set.
+    pub fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::SeqCst))
+    }
 }
 
 /// How a restore ended.
@@ -355,6 +370,9 @@ async fn fetch<R: CheckpointRemote>(
     let prefix = partition_prefix(key_prefix, topic, partition);
     let mut skipped = Vec::new();
     for key in manifests {
+        if options.cancelled() {
+            return Err(RemoteError::Cancelled);
+        }
         let manifest = match remote.get_bytes(&key).await? {
             Some(bytes) => match CheckpointManifest::from_json(&bytes) {
                 Ok(m) if m.topic == topic && m.partition == partition => m,
@@ -462,6 +480,8 @@ enum Fetched {
     Downloaded,
     Resumed,
     Reused,
+    /// Not started: the transfer was cancelled before its turn.
+    Skipped,
 }
 
 /// Table files on this volume that may stand in for a checkpoint's, by name: those of
@@ -474,7 +494,7 @@ fn reusable_files(
 ) -> HashMap<String, Vec<PathBuf>> {
     let mut dirs = vec![store_dir.to_path_buf()];
     if let (Some(parent), Some(name)) = (store_dir.parent(), store_dir.file_name()) {
-        let stem = format!("{}.restore-", name.to_string_lossy());
+        let stem = format!("{}{STAGING_MARK}", name.to_string_lossy());
         dirs.extend(subdirectories(parent).filter(|d| {
             d.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with(&stem))
@@ -536,7 +556,13 @@ async fn download_verified<R: CheckpointRemote>(
         .iter()
         .map(|file| {
             let candidates = reusable.get(&file.local_name).cloned().unwrap_or_default();
-            fetch_one(remote, prefix, staging, file, candidates)
+            async move {
+                // Checked as each file's turn comes: none starts once cancelled.
+                if options.cancelled() {
+                    return Ok((0, Fetched::Skipped));
+                }
+                fetch_one(remote, prefix, staging, file, candidates).await
+            }
         })
         .collect();
     let mut fetches = stream::iter(fetches).buffer_unordered(options.concurrency.max(1));
@@ -544,6 +570,7 @@ async fn download_verified<R: CheckpointRemote>(
     while let Some(done) = fetches.next().await {
         let (size, how) = done?;
         match how {
+            Fetched::Skipped => continue,
             Fetched::Downloaded => {}
             Fetched::Resumed => stats.files_resumed += 1,
             Fetched::Reused => {
@@ -556,6 +583,9 @@ async fn download_verified<R: CheckpointRemote>(
         if let Some(report) = &options.progress {
             report(&progress);
         }
+    }
+    if options.cancelled() {
+        return Err(Problem::Remote(RemoteError::Cancelled));
     }
     Ok(stats)
 }
@@ -644,12 +674,30 @@ fn verify(path: &Path, file: &ManifestFile) -> Result<(), Damage> {
     Ok(())
 }
 
+/// What separates a store directory's name from a checkpoint id in the name of a
+/// staging directory (`{store}.restore-{checkpoint_id}`).
+const STAGING_MARK: &str = ".restore-";
+
+/// The partitions of `topic` with a staging directory under `store_path` (a restore
+/// interrupted, a prefetch), from the directory names
+/// (`{store_path}/{topic}_{partition}.restore-{checkpoint_id}`).
+pub fn staged_partitions(store_path: &Path, topic: &str) -> HashSet<i32> {
+    let stem = format!("{topic}_");
+    subdirectories(store_path)
+        .filter_map(|dir| {
+            let name = dir.file_name()?.to_string_lossy().into_owned();
+            let (partition, _) = name.strip_prefix(&stem)?.split_once(STAGING_MARK)?;
+            partition.parse().ok()
+        })
+        .collect()
+}
+
 fn staging_dir(store_dir: &Path, checkpoint_id: &str) -> PathBuf {
     let name = store_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    store_dir.with_file_name(format!("{name}.restore-{checkpoint_id}"))
+    store_dir.with_file_name(format!("{name}{STAGING_MARK}{checkpoint_id}"))
 }
 
 /// Removes staging directories of other checkpoints of this store (interrupted restores
@@ -658,7 +706,7 @@ fn remove_stale_staging(store_dir: &Path, keep: Option<&Path>) {
     let (Some(parent), Some(name)) = (store_dir.parent(), store_dir.file_name()) else {
         return;
     };
-    let stem = format!("{}.restore-", name.to_string_lossy());
+    let stem = format!("{}{STAGING_MARK}", name.to_string_lossy());
     if let Ok(entries) = std::fs::read_dir(parent) {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(&stem)
