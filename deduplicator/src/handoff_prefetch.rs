@@ -219,7 +219,8 @@ async fn prefetch_one(
     locked(&tried).insert(partition);
 }
 
-/// Removes the staged copies of a partition that left the target without arriving.
+/// Removes the staged copies of a partition that is not coming here (it left the target
+/// without arriving, or an earlier run staged it).
 async fn discard(handler: &Arc<RebalanceHandler>, topic: &str, partition: i32) {
     let context = &handler.context;
     let _staging = context.staging_locks.lock(partition).await;
@@ -231,6 +232,6 @@ async fn discard(handler: &Arc<RebalanceHandler>, topic: &str, partition: i32) {
     Metrics::count(&context.metrics.prefetches, "discarded");
     tracing::info!(
         partition,
-        "a prefetched partition is no longer coming here; its staged checkpoint is removed"
+        "a staged checkpoint of a partition not coming here is removed"
     );
 }

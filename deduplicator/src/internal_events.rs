@@ -166,50 +166,25 @@ pub struct PrefetchFinished<'a> {
 
 impl InternalEvent for PrefetchFinished<'_> {
     fn emit(self, metrics: &Metrics) {
-        let seconds = self.started.elapsed().as_secs_f64();
         Metrics::count(&metrics.prefetches, self.outcome.label());
-        let partition = self.partition;
-        match self.outcome {
-            LoadOutcome::Finished(RestoreOutcome::Restored {
-                checkpoint_id,
-                next_offset,
-                bytes,
-                files_resumed,
-                files_reused,
-                bytes_reused,
-                ..
-            }) => {
-                let downloaded = bytes.saturating_sub(*bytes_reused);
-                metrics.prefetch_downloaded_bytes.inc_by(downloaded);
-                tracing::info!(
-                    partition,
-                    checkpoint_id,
-                    ?next_offset,
-                    bytes,
-                    bytes_downloaded = downloaded,
-                    files_resumed,
-                    files_reused,
-                    seconds,
-                    "checkpoint prefetched for a partition about to move here"
-                );
-            }
-            LoadOutcome::Finished(RestoreOutcome::NoCheckpoint) => tracing::info!(
-                partition,
-                "no remote checkpoint to prefetch for a partition about to move here"
-            ),
-            LoadOutcome::Cancelled => tracing::info!(
-                partition,
-                seconds,
-                "prefetch overtaken by the partition's arrival; its restore takes what was staged"
-            ),
-            other => tracing::warn!(
-                partition,
-                outcome = other.label(),
-                detail = ?other,
-                seconds,
-                "prefetching a partition's checkpoint failed; its restore at assignment downloads it"
-            ),
+        if let LoadOutcome::Finished(RestoreOutcome::Restored {
+            bytes,
+            bytes_reused,
+            ..
+        }) = self.outcome
+        {
+            metrics
+                .prefetch_downloaded_bytes
+                .inc_by(bytes.saturating_sub(*bytes_reused));
         }
+        RestoreEnded {
+            partition: self.partition,
+            local: None,
+            outcome: self.outcome,
+            seconds: self.started.elapsed().as_secs_f64(),
+            after: AfterRestore::Prefetch,
+        }
+        .log();
     }
 }
 

@@ -83,6 +83,9 @@ pub enum AfterRestore {
     /// The restorer, before the pod starts: the deduplicator tries again on assignment
     /// (a warning).
     RetriedOnAssignment,
+    /// A prefetch, before the partition moves here: nothing is installed, and its
+    /// restore at assignment downloads what the prefetch did not (a warning).
+    Prefetch,
 }
 
 /// The end of one partition's restore, logged the same way by the deduplicator and the
@@ -117,12 +120,13 @@ impl RestoreEnded<'_> {
         let fallback = match after {
             AfterRestore::StartsWithout => "starting from the local or an empty store",
             AfterRestore::RetriedOnAssignment => "the deduplicator will try again on assignment",
+            AfterRestore::Prefetch => "its restore at assignment downloads it",
         };
         let failure = |what: &str, detail: &dyn std::fmt::Display| match after {
             AfterRestore::StartsWithout => {
                 tracing::error!(partition, ?local, detail = %detail, "{what}; {fallback}")
             }
-            AfterRestore::RetriedOnAssignment => {
+            AfterRestore::RetriedOnAssignment | AfterRestore::Prefetch => {
                 tracing::warn!(partition, ?local, detail = %detail, "{what}; {fallback}")
             }
         };
@@ -146,7 +150,11 @@ impl RestoreEnded<'_> {
                 files_reused,
                 seconds,
                 mb_per_s = *bytes as f64 / 1e6 / seconds.max(1e-9),
-                "partition restored"
+                "{}",
+                match after {
+                    AfterRestore::Prefetch => "checkpoint prefetched for a partition about to move here",
+                    _ => "partition restored",
+                }
             ),
             LoadOutcome::Finished(RestoreOutcome::NotNewer {
                 local_next_offset,
@@ -165,6 +173,7 @@ impl RestoreEnded<'_> {
                 match after {
                     AfterRestore::StartsWithout => fallback,
                     AfterRestore::RetriedOnAssignment => "nothing to restore",
+                    AfterRestore::Prefetch => "nothing to prefetch",
                 }
             ),
             LoadOutcome::Finished(RestoreOutcome::AllCorrupt { skipped }) => failure(
@@ -179,7 +188,16 @@ impl RestoreEnded<'_> {
                 "restore timed out (RESTORE_TIMEOUT)",
                 &format!("after {after:?}"),
             ),
-            LoadOutcome::Cancelled => tracing::info!(partition, "restore cancelled"),
+            LoadOutcome::Cancelled => tracing::info!(
+                partition,
+                seconds,
+                "{}",
+                match after {
+                    AfterRestore::Prefetch =>
+                        "prefetch overtaken by the partition's arrival; its restore takes what was staged",
+                    _ => "restore cancelled",
+                }
+            ),
         }
     }
 }
