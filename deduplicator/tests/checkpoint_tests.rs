@@ -104,10 +104,7 @@ fn partition_state_travels_through_s3_to_a_process_with_its_own_store() {
     produce(kafka, input, &copies);
     produce(kafka, input, &fresh);
     let total = (events.len() + copies.len() + fresh.len()) as f64;
-    b.wait_until("everything committed", WAIT, |d| {
-        d.metric("dedup_committed_offset") >= total - 0.5
-            && d.metric("dedup_in_flight_messages") == 0.0
-    });
+    b.wait_committed(total, WAIT);
     assert!(
         b.metric("dedup_events_total{outcome=\"duplicate\"}") >= copies.len() as f64,
         "every copy of a pre-handoff event is a duplicate"
@@ -157,10 +154,7 @@ fn a_partition_given_up_takes_its_current_state_with_it() {
     let events = generate(3_000, 20, PARTITIONS, 21, "f1");
     let mut a = spec("dedup-a").spawn(dir.path(), "a");
     produce(kafka, input, &events);
-    a.wait_until("everything committed", WAIT, |d| {
-        d.metric("dedup_committed_offset") >= events.len() as f64 - 0.5
-            && d.metric("dedup_in_flight_messages") == 0.0
-    });
+    a.wait_committed(events.len() as f64, WAIT);
 
     // b has its own, empty, store directory: the state can only come through S3.
     let mut b = spec("dedup-b").spawn(dir.path(), "b");
@@ -168,10 +162,7 @@ fn a_partition_given_up_takes_its_current_state_with_it() {
     let copies = copies_of(&events, "f1-copy");
     produce(kafka, input, &copies);
     let total = (events.len() + copies.len()) as f64;
-    b.wait_until("everything committed", WAIT, |d| {
-        d.metric("dedup_committed_offset") >= total - 0.5
-            && d.metric("dedup_in_flight_messages") == 0.0
-    });
+    b.wait_committed(total, WAIT);
     assert_eq!(
         b.metric("dedup_restores_total{result=\"restored"),
         PARTITIONS as f64,
@@ -203,23 +194,17 @@ fn a_partition_coming_back_to_its_old_volume_downloads_only_the_delta() {
     let Some(bed) = TwoPods::new() else { return };
     let (kafka, input, output, dir) = (&bed.kafka, &bed.input, &bed.output, &bed.dir);
     let spec = |pod: &str| bed.pod(pod).env("CHECKPOINT_INTERVAL", "1h");
-    let wait_committed = |d: &mut Dedup, total: usize| {
-        d.wait_until("everything committed", WAIT, |d| {
-            d.metric("dedup_committed_offset") >= total as f64 - 0.5
-                && d.metric("dedup_in_flight_messages") == 0.0
-        });
-    };
     let first = generate(6_000, 0, PARTITIONS, 31, "d1");
     let mut a = spec("dedup-a").spawn(dir.path(), "a");
     produce(kafka, input, &first);
-    wait_committed(&mut a, first.len());
+    a.wait_committed(first.len() as f64, WAIT);
 
     // b, on its own empty volume, gets everything from S3 (nothing to reuse)...
     let mut b = spec("dedup-b").spawn(dir.path(), "b");
     a.hand_over_to(&mut b, PARTITIONS, WAIT);
     let second = generate(2_000, 0, PARTITIONS, 32, "d2");
     produce(kafka, input, &second);
-    wait_committed(&mut b, first.len() + second.len());
+    b.wait_committed((first.len() + second.len()) as f64, WAIT);
     assert_eq!(b.metric("dedup_restore_reused_bytes_total"), 0.0);
 
     // ...and a comes back on its old volume, whose stores are a wave behind.
@@ -231,7 +216,7 @@ fn a_partition_coming_back_to_its_old_volume_downloads_only_the_delta() {
         .collect();
     produce(kafka, input, &copies);
     let total = first.len() + second.len() + copies.len();
-    wait_committed(&mut back, total);
+    back.wait_committed(total as f64, WAIT);
     let restored = back.metric("dedup_restore_bytes_total");
     let reused = back.metric("dedup_restore_reused_bytes_total");
     eprintln!("delta restore: {reused} of {restored} bytes taken from the old stores");
@@ -291,16 +276,10 @@ fn a_member_joining_prefetches_the_checkpoints_of_the_partitions_coming_to_it() 
                 "fetch.message.max.bytes=3000000",
             )
     };
-    let wait_committed = |d: &mut Dedup, total: usize| {
-        d.wait_until("everything committed", WAIT, |d| {
-            d.metric("dedup_committed_offset") >= total as f64 - 0.5
-                && d.metric("dedup_in_flight_messages") == 0.0
-        });
-    };
     let first = generate(8_000, 0, PARTITIONS, 51, "w1");
     let mut a = spec("dedup-a").spawn(dir.path(), "a");
     produce(kafka, input, &first);
-    wait_committed(&mut a, first.len());
+    a.wait_committed(first.len() as f64, WAIT);
     let uploads = a.metric("dedup_checkpoint_uploads_total{result=\"success\"}");
     a.wait_until(
         "a checkpoint of every partition after the commits",

@@ -139,10 +139,7 @@ fn kill_9_mid_stream_then_restart_loses_no_unique_event() {
     dedup.kill9();
 
     let mut dedup = spec.spawn(dir.path(), "second");
-    dedup.wait_until("everything committed", WAIT, |d| {
-        d.metric("dedup_committed_offset") >= events.len() as f64 - 0.5
-            && d.metric("dedup_in_flight_messages") == 0.0
-    });
+    dedup.wait_committed(events.len() as f64, WAIT);
     assert!(dedup.terminate().success());
     let uniques = unique_keys(&events).len();
     let published = kafka.read_all(&output, PARTITIONS, uniques, Duration::from_secs(2));
@@ -242,10 +239,7 @@ fn two_processes_sharing_a_store_directory_hand_partitions_over() {
         &input,
         &second.iter().map(GenEvent::produced).collect::<Vec<_>>(),
     );
-    b.wait_until("everything committed", WAIT, |d| {
-        d.metric("dedup_committed_offset") >= events.len() as f64 - 0.5
-            && d.metric("dedup_in_flight_messages") == 0.0
-    });
+    b.wait_committed(events.len() as f64, WAIT);
     assert!(b.terminate().success());
 
     let uniques = unique_keys(&events).len();

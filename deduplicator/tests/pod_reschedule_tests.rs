@@ -115,10 +115,7 @@ fn a_pod_rescheduled_onto_an_empty_volume_keeps_its_deduplication_state() {
         &fresh.iter().map(GenEvent::produced).collect::<Vec<_>>(),
     );
     let total = (before.len() + replayed.len() + fresh.len()) as f64;
-    second.wait_until("everything committed", WAIT, |d| {
-        d.metric("dedup_committed_offset") >= total - 0.5
-            && d.metric("dedup_in_flight_messages") == 0.0
-    });
+    second.wait_committed(total, WAIT);
     assert!(
         second.metric("dedup_events_total{outcome=\"duplicate\"}") >= replayed.len() as f64,
         "every replayed earlier event is dropped"

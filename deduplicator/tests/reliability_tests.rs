@@ -54,10 +54,7 @@ fn a_crash_loop_loses_no_unique_event_and_republishes_only_originals() {
     let bound = crashes.bound(IN_FLIGHT);
 
     let mut last = spec.spawn(dir.path(), "final");
-    last.wait_until("everything committed", WAIT, |d| {
-        d.metric("dedup_committed_offset") >= events.len() as f64 - 0.5
-            && d.metric("dedup_in_flight_messages") == 0.0
-    });
+    last.wait_committed(events.len() as f64, WAIT);
     assert!(last.terminate().success());
 
     let uniques = unique_keys(&events).len();

@@ -186,6 +186,15 @@ impl Dedup {
     /// A handover from `self` to `next`, which has just joined the group: `next` gets
     /// partitions, `self` gives some up, then `self` shuts down (SIGTERM, exit 0) and
     /// `next` owns all `partitions`.
+    /// Waits until `messages` offsets are committed (summed over the partitions this
+    /// process owns) and nothing is in flight.
+    pub fn wait_committed(&mut self, messages: f64, timeout: Duration) {
+        self.wait_until("everything committed", timeout, |d| {
+            d.metric("dedup_committed_offset") >= messages - 0.5
+                && d.metric("dedup_in_flight_messages") == 0.0
+        });
+    }
+
     pub fn hand_over_to(mut self, next: &mut Dedup, partitions: i32, timeout: Duration) {
         next.wait_until("the new member owns partitions", timeout, |d| {
             d.metric("dedup_assigned_partitions") >= 1.0
